@@ -1,0 +1,183 @@
+"""Experiment configuration: dataclasses <-> YAML.
+
+A config file is one flat YAML document with the sections ``model``, ``data`` and
+``train``. Unknown keys and values of the wrong type are errors that name the key,
+so a typo fails where it is written. ``--set train.lr=0.01`` style overrides are
+parsed with YAML rules (``0.01`` is a float, ``null`` is None, ``[1, 2]`` a list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelCfg:
+    """Which network to build; ``args`` go to the architecture's constructor."""
+
+    name: str = "unet"
+    encoder: Union[str, None] = None
+    encoder_weights: Union[str, None] = None
+    in_channels: int = 3
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataCfg:
+    """Where the images come from and how they are prepared.
+
+    ``dataset`` is ``synthetic`` (the embedded default, generated from ``seed``) or
+    ``folder`` (``root/<split>/images`` + ``root/<split>/masks`` matched by file stem).
+    """
+
+    dataset: str = "synthetic"
+    root: Union[str, None] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    num_classes: int = 5
+    class_names: Union[list, None] = None
+    ignore_index: int = 255
+    crop_size: int = 64
+    augment: str = "standard"
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    batch_size: int = 8
+    num_workers: int = 0
+    train_samples: int = 512
+    val_samples: int = 64
+    seed: int = 0
+
+
+@dataclass
+class TrainCfg:
+    """Optimisation, schedule, checkpointing and run folder."""
+
+    epochs: int = 10
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    loss: list = field(default_factory=lambda: [{"name": "ce", "weight": 1.0}])
+    amp: str = "none"
+    channels_last: bool = False
+    grad_clip: Union[float, None] = None
+    val_every: int = 1
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs/experiment"
+    max_steps: Union[int, None] = None
+
+
+@dataclass
+class ExperimentCfg:
+    """A whole experiment: model + data + training."""
+
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool, list, dict):
+        return isinstance(value, annotation)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value, path)
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and annotation is float:
+            value = float(value)
+        if not _type_ok(value, annotation):
+            raise ConfigError(
+                f"config key {path!r} must be {_type_name(annotation)}, got {value!r} "
+                f"({type(value).__name__}); fix the value in the YAML file or --set"
+            )
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> ExperimentCfg:
+    """Build an :class:`ExperimentCfg`, checking every key and type."""
+    return _build(ExperimentCfg, data or {}, "")
+
+
+def to_dict(cfg: ExperimentCfg) -> dict:
+    """Plain nested dict of ``cfg`` (YAML/JSON serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentCfg:
+    """Read a YAML config file and apply ``a.b=c`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path to a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    return from_dict(apply_overrides(data, overrides))
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Return a copy of ``data`` with ``section.key=value`` overrides applied."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in (data or {}).items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=0.01")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def save(cfg: ExperimentCfg, path: str | Path) -> None:
+    """Write ``cfg`` as YAML (readable back with :func:`load`)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
