@@ -1,0 +1,61 @@
+"""Any timm model as an encoder, through timm's ``features_only`` interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+
+def list_names() -> list[str]:
+    """Every model name timm knows (all of them can be used with ``features_only``, most do)."""
+    import timm
+
+    return timm.list_models()
+
+
+class TimmEncoder(nn.Module):
+    """Wraps ``timm.create_model(name, features_only=True)``.
+
+    Args:
+        name: any timm model name (``resnet34``, ``efficientnet_b0``, ``convnext_tiny``, ...).
+        in_channels: input channels; timm adapts pretrained first-layer weights itself.
+        weights: ``None``, ``"imagenet"`` (timm download; needs a network) or a local file
+            in timm's format (loaded by timm, no network).
+        output_stride: 32, 16 or 8; the last stages use dilation instead of stride.
+
+    ``forward``: ``(N, in_channels, H, W)`` -> list of features, reductions e.g. ``[2, 4, 8, 16, 32]``.
+    """
+
+    def __init__(self, name: str, *, in_channels: int = 3, weights: str | None = None,
+                 output_stride: int = 32) -> None:
+        super().__init__()
+        import timm
+
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name}*")[:8]
+            raise ConfigError(f"unknown encoder {name!r}; not a timm model name either "
+                              f"(similar timm names: {close or 'none'}); see `pixelwise models`")
+        kwargs: dict = {"features_only": True, "in_chans": in_channels}
+        if output_stride != 32:
+            kwargs["output_stride"] = output_stride
+        if weights is None:
+            kwargs["pretrained"] = False
+        elif weights == "imagenet":
+            kwargs["pretrained"] = True
+        else:
+            if not Path(weights).is_file():
+                raise ConfigError(f"encoder weight file {weights!r} does not exist; pass a local timm "
+                                  f"checkpoint or 'imagenet' to download")
+            kwargs["pretrained"] = True
+            kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+        self.model = timm.create_model(name, **kwargs)
+        self.out_channels: list[int] = list(self.model.feature_info.channels())
+        self.reductions: list[int] = list(self.model.feature_info.reduction())
+        if output_stride != 32:
+            self.reductions = [min(r, output_stride) for r in self.reductions]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return list(self.model(x))

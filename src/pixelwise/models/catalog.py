@@ -1,0 +1,16 @@
+"""Metadata about the architectures, kept out of the model files: the paper each follows
+and the canonical configuration whose parameter count the README and `pixelwise models` quote."""
+
+from __future__ import annotations
+
+CATALOG: dict[str, dict] = {
+    "unet": {"paper": "Ronneberger et al., MICCAI 2015 (arXiv:1505.04597)",
+             "canonical": {"in_channels": 1, "num_classes": 2},
+             "encoders": "paper encoder (encoder=None), any timm / tv: / vgg16 encoder"},
+    "fcn32s": {"paper": "Long et al., CVPR 2015 (arXiv:1411.4038)",
+               "canonical": {"num_classes": 21}, "encoders": "vgg16 (default), encoders with strides 8/16/32"},
+    "fcn16s": {"paper": "Long et al., CVPR 2015 (arXiv:1411.4038)",
+               "canonical": {"num_classes": 21}, "encoders": "vgg16 (default), encoders with strides 8/16/32"},
+    "fcn8s": {"paper": "Long et al., CVPR 2015 (arXiv:1411.4038)",
+              "canonical": {"num_classes": 21}, "encoders": "vgg16 (default), encoders with strides 8/16/32"},
+}

@@ -1,0 +1,159 @@
+"""U-Net (Ronneberger, Fischer & Brox, MICCAI 2015, arXiv:1505.04597).
+
+What is special here: a contracting path of two 3×3 convolutions + ReLU and a 2×2
+max-pool per level (64 -> 1024 channels), an expanding path that upsamples with a 2×2
+up-convolution halving the channels, concatenates the skip feature of the same level and
+applies two 3×3 convolutions, then a 1×1 classifier. Convolutions are padded so the
+output has the input's size (the paper's overlap-tile cropping is then unnecessary).
+
+``encoder=None`` builds the paper's network; any other encoder name gets the same
+decoder on that encoder's features (bilinear upsampling + two ConvNormAct by default).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..encoders import build_encoder
+from ..layers import DoubleConv
+from ..registry import MODELS, register
+from .heads import SegmentationHead
+from .model import SegmentationModel
+
+
+class UNetEncoder(nn.Module):
+    """The paper's contracting path: ``depth`` max-pools, ``base·2^i`` channels at level i.
+
+    ``forward``: ``(N, C, H, W)`` -> ``depth + 1`` features at reductions ``1, 2, ..., 2^depth``.
+    """
+
+    def __init__(self, in_channels: int, *, base_channels: int = 64, depth: int = 4, norm: str = "none") -> None:
+        super().__init__()
+        self.out_channels = [base_channels * 2**i for i in range(depth + 1)]
+        self.reductions = [2**i for i in range(depth + 1)]
+        blocks = [DoubleConv(in_channels, base_channels, norm=norm)]
+        for i in range(1, depth + 1):
+            blocks.append(nn.Sequential(nn.MaxPool2d(2), DoubleConv(self.out_channels[i - 1],
+                                                                     self.out_channels[i], norm=norm)))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = []
+        for block in self.blocks:
+            x = block(x)
+            feats.append(x)
+        return feats
+
+
+class UpBlock(nn.Module):
+    """Upsample, concatenate a skip feature, two 3×3 convolutions.
+
+    ``upsampling="transposed"`` is the paper's 2×2 up-convolution (to ``out_channels``);
+    ``"bilinear"`` interpolates and lets the convolutions mix the channels. ``skip_channels=0``
+    upsamples without a skip (used below an encoder whose first feature is at stride 2).
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, *, scale: int,
+                 upsampling: str, norm: str) -> None:
+        super().__init__()
+        self.scale = scale
+        if upsampling == "transposed" and scale == 2:
+            self.up: nn.Module = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+            conv_in = out_channels + skip_channels
+        elif upsampling in ("transposed", "bilinear"):
+            self.up = nn.Identity()
+            conv_in = in_channels + skip_channels
+        else:
+            raise ValueError(f"upsampling must be 'transposed' or 'bilinear', got {upsampling!r}")
+        self.conv = DoubleConv(conv_in, out_channels, norm=norm)
+
+    def forward(self, x: Tensor, skip: Tensor | None, size: tuple[int, int]) -> Tensor:
+        if isinstance(self.up, nn.ConvTranspose2d):
+            x = self.up(x)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if skip is not None:
+            x = torch.cat([skip, x], dim=1)
+        return self.conv(x)
+
+
+class UNetDecoder(nn.Module):
+    """The expanding path for any encoder: one ``UpBlock`` per skip, deepest first, then
+    skip-less blocks until stride 1. ``decoder_channels[i]`` is the width of block i.
+
+    ``forward``: features (reductions ``r_0 < ... < r_K``) -> ``(N, decoder_channels[-1], H, W)``.
+    """
+
+    def __init__(self, encoder_channels: list[int], reductions: list[int], decoder_channels: list[int], *,
+                 upsampling: str = "bilinear", norm: str = "batch") -> None:
+        super().__init__()
+        extra = 0
+        while reductions[0] > 2**extra:
+            extra += 1
+        needed = len(encoder_channels) - 1 + extra
+        if len(decoder_channels) != needed:
+            raise ValueError(f"decoder_channels needs {needed} entries for this encoder "
+                             f"(reductions {reductions}), got {len(decoder_channels)}: {decoder_channels}")
+        self.targets = [reductions[i] for i in range(len(reductions) - 2, -1, -1)]
+        self.targets += [reductions[0] // 2**(j + 1) for j in range(extra)]
+        blocks, channels, current = [], encoder_channels[-1], reductions[-1]
+        for i, target in enumerate(self.targets):
+            skip = encoder_channels[len(reductions) - 2 - i] if i < len(reductions) - 1 else 0
+            blocks.append(UpBlock(channels, skip, decoder_channels[i], scale=current // target,
+                                  upsampling=upsampling, norm=norm))
+            channels, current = decoder_channels[i], target
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = channels
+        self.num_skips = len(reductions) - 1
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = features[-1]
+        for i, block in enumerate(self.blocks):
+            skip = features[self.num_skips - 1 - i] if i < self.num_skips else None
+            size = tuple(skip.shape[-2:]) if skip is not None else (x.shape[-2] * block.scale,
+                                                                     x.shape[-1] * block.scale)
+            x = block(x, skip, size)
+        return x
+
+
+@register(MODELS, "unet")
+def unet(
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = None,
+    encoder_weights: str | None = None,
+    base_channels: int = 64,
+    depth: int = 4,
+    norm: str | None = None,
+    decoder_channels: list[int] | None = None,
+    upsampling: str | None = None,
+) -> SegmentationModel:
+    """U-Net (Ronneberger et al. 2015). ``encoder=None``: the paper's network.
+
+    Paper configuration: ``base_channels=64, depth=4`` (64 -> 1024 channels), no
+    normalisation and transposed 2×2 up-convolutions; ``norm="batch"`` is the common modern
+    variant. With an encoder (timm name, ``tv:NAME`` or ``vgg16``) the decoder has
+    ``decoder_channels`` (default 256, 128, 64, 32, 16), batch norm and bilinear upsampling.
+    """
+    if encoder is None:
+        if encoder_weights is not None:
+            raise ValueError("encoder_weights needs an encoder; the paper's U-Net has no pretrained encoder")
+        norm = norm or "none"
+        enc: nn.Module = UNetEncoder(in_channels, base_channels=base_channels, depth=depth, norm=norm)
+        channels = decoder_channels or enc.out_channels[-2::-1]
+        dec = UNetDecoder(enc.out_channels, enc.reductions, list(channels),
+                          upsampling=upsampling or "transposed", norm=norm)
+    else:
+        enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights)
+        if decoder_channels is None:
+            decoder_channels = [256, 128, 64, 32, 16, 8][: len(enc.reductions) - 1 + _log2(enc.reductions[0])]
+        dec = UNetDecoder(enc.out_channels, enc.reductions, list(decoder_channels),
+                          upsampling=upsampling or "bilinear", norm=norm or "batch")
+    return SegmentationModel(enc, dec, SegmentationHead(dec.out_channels, num_classes))
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1

@@ -1,0 +1,152 @@
+"""Architectures: shapes on odd sizes, backward, faithful parameter counts, FCN details."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pixelwise import create_model, list_models
+from pixelwise.errors import ConfigError
+from pixelwise.models.fcn import bilinear_kernel, upsampler
+from pixelwise.models.unet import UNetEncoder
+
+# Small configurations of every registered architecture (the registry loop of DESIGN.md).
+TINY = {
+    "unet": {"base_channels": 4, "depth": 3},
+    "fcn8s": {"encoder": "vgg16", "fc_channels": 16},
+    "fcn16s": {"encoder": "vgg16", "fc_channels": 16},
+    "fcn32s": {"encoder": "vgg16", "fc_channels": 16},
+}
+
+
+def test_every_registered_model_has_a_tiny_config():
+    assert set(list_models()) == set(TINY)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("size", [(67, 93), (32, 32), (1, 5)])
+def test_forward_any_size_and_backward(name, size):
+    model = create_model(name, num_classes=3, **TINY[name])
+    x = torch.randn(2, 3, *size, requires_grad=True)
+    y = model(x)
+    assert y.shape == (2, 3, *size)
+    y.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    model.eval()
+    with torch.no_grad():
+        assert model(x.detach()).shape == (2, 3, *size)
+
+
+def _conv_params(cin, cout, k):
+    return cin * cout * k * k + cout
+
+
+def test_paper_unet_parameter_count_matches_the_paper_layout():
+    # Independent count of Ronneberger et al. Fig. 1 with padded convs and 2 output classes.
+    widths = [64, 128, 256, 512, 1024]
+    expected = _conv_params(1, 64, 3) + _conv_params(64, 64, 3)
+    for a, b in zip(widths, widths[1:]):
+        expected += _conv_params(a, b, 3) + _conv_params(b, b, 3)
+    for a, b in zip(widths[::-1], widths[-2::-1]):  # 1024->512, ... 128->64
+        expected += _conv_params(a, b, 2)  # 2x2 up-convolution (transposed)
+        expected += _conv_params(2 * b, b, 3) + _conv_params(b, b, 3)
+    expected += _conv_params(64, 2, 1)
+    model = create_model("unet", encoder=None, in_channels=1, num_classes=2)
+    assert sum(p.numel() for p in model.parameters()) == expected == 31_030_658
+    assert model(torch.randn(1, 1, 97, 131)).shape == (1, 2, 97, 131)
+    # No normalisation layers in the paper's network.
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_unet_encoder_levels():
+    enc = UNetEncoder(1, base_channels=64, depth=4)
+    feats = enc(torch.randn(1, 1, 32, 48))
+    assert [f.shape[1] for f in feats] == [64, 128, 256, 512, 1024]
+    assert [f.shape[-1] for f in feats] == [48, 24, 12, 6, 3]
+
+
+def test_fcn8s_parameter_count_is_vgg16_plus_fcn_layers():
+    # VGG16 conv part (torchvision's features) + fc6 (7x7, 4096) + fc7 + score and deconv layers.
+    import torchvision
+
+    vgg = torchvision.models.vgg16()
+    features = sum(p.numel() for p in vgg.features.parameters())
+    fc = _conv_params(512, 4096, 7) + _conv_params(4096, 4096, 1)
+    c = 21
+    scores = _conv_params(4096, c, 1) + _conv_params(512, c, 1) + _conv_params(256, c, 1)
+    deconv = c * c * 4 * 4 * 2 + c * c * 16 * 16
+    model = create_model("fcn8s", num_classes=21)
+    assert sum(p.numel() for p in model.parameters()) == features + fc + scores + deconv
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 97, 131)).shape == (1, 21, 97, 131)
+
+
+def test_bilinear_deconv_equals_bilinear_interpolation_inside():
+    x = torch.randn(1, 3, 6, 7)
+    for factor in (2, 8):
+        up = upsampler(3, factor)
+        y = up(x)
+        ref = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+        assert y.shape == ref.shape
+        m = factor  # borders differ (transposed conv sees zeros outside); compare the interior
+        assert torch.allclose(y[..., m:-m, m:-m], ref[..., m:-m, m:-m], atol=1e-5)
+
+
+def test_bilinear_kernel_is_per_channel():
+    k = bilinear_kernel(4, 4)
+    off_diagonal = k.clone()
+    off_diagonal[range(4), range(4)] = 0
+    assert off_diagonal.abs().sum() == 0
+    assert torch.allclose(k[0, 0].sum(), torch.tensor(4.0))  # stride-2 kernel sums to stride^2
+
+
+def test_fcn_skip_scores_start_at_zero_so_8s_equals_its_coarse_path():
+    torch.manual_seed(0)
+    m8 = create_model("fcn8s", num_classes=3, fc_channels=16).eval()
+    assert m8.decoder.score_pool3.weight.abs().sum() == 0
+    assert m8.decoder.score_pool4.weight.abs().sum() == 0
+    assert not m8.decoder.upscore_final.weight.requires_grad  # fixed bilinear as in the paper
+    assert m8.decoder.upscore2.weight.requires_grad
+
+
+def test_fcn_loads_convolutionalised_vgg_classifier(tmp_path):
+    import torchvision
+
+    vgg = torchvision.models.vgg16()
+    path = tmp_path / "vgg16.pth"
+    torch.save(vgg.state_dict(), path)
+    model = create_model("fcn32s", num_classes=21, encoder_weights=str(path))
+    assert torch.equal(model.encoder.features[28].weight, vgg.features[28].weight)
+    fc6 = model.decoder.fc[0]
+    assert torch.equal(fc6.weight.flatten(1), vgg.classifier[0].weight)
+    # The convolution computes what the fully connected layer computed on a 7x7 pool5.
+    pool5 = torch.randn(1, 512, 7, 7)
+    conv_out = F.conv2d(pool5, fc6.weight, fc6.bias)[0, :, 0, 0]
+    fc_out = vgg.classifier[0](pool5.flatten(1))[0]
+    assert torch.allclose(conv_out, fc_out, atol=1e-4)
+
+
+def test_unknown_model_and_argument_errors_name_them():
+    with pytest.raises(KeyError, match="unknown model 'unetz'.*unet"):
+        create_model("unetz", num_classes=2)
+    with pytest.raises(ConfigError, match="base_chanels"):
+        create_model("unet", num_classes=2, base_chanels=8)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "tv:resnet18", "vgg16", "tv:mobilenet_v2"])
+def test_unet_on_encoders(encoder):
+    model = create_model("unet", encoder=encoder, num_classes=4, decoder_channels=None)
+    y = model(torch.randn(1, 3, 45, 70))
+    assert y.shape == (1, 4, 45, 70)
+
+
+def test_unet_on_dilated_encoder():
+    from pixelwise.models.unet import UNetDecoder
+    from pixelwise.encoders import build_encoder
+
+    enc = build_encoder("resnet18", output_stride=8)
+    dec = UNetDecoder(enc.out_channels, enc.reductions, [64, 32, 16, 8, 8])
+    feats = enc(torch.randn(1, 3, 64, 64))
+    assert dec(feats).shape == (1, 8, 64, 64)
