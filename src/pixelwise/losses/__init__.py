@@ -1,0 +1,96 @@
+"""Segmentation losses and :func:`build_loss`, which turns a config list into one module.
+
+Importing this package registers every loss in :data:`pixelwise.registry.LOSSES`.
+Every loss takes ``mode`` (``"binary"``, ``"multiclass"``, ``"multilabel"``) and
+``ignore_index``; see :mod:`pixelwise.losses._targets` for the tensor layouts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import LOSSES, lookup
+from .ce import CrossEntropyLoss
+from .combined import CombinedLoss
+from .dice import DiceLoss
+
+__all__ = ["CombinedLoss", "CrossEntropyLoss", "DiceLoss", "build_loss"]
+
+
+def build_loss(
+    specs: list[dict], *, ignore_index: int | None = 255, mode: str = "multiclass"
+) -> CombinedLoss:
+    """Build a :class:`CombinedLoss` from specs such as
+    ``[{"name": "ce", "class_weights": [1, 5]}, {"name": "dice", "weight": 0.5}]``.
+
+    In each spec, ``name`` picks the loss from :data:`pixelwise.registry.LOSSES`,
+    ``weight`` (default 1.0) is its factor in the sum, and every other key is passed to
+    the loss constructor. ``ignore_index`` and ``mode`` are passed to every loss unless
+    its spec sets them. Terms are named after their loss; a repeated name gets a suffix
+    (``"dice"``, ``"dice_1"``), which is the key in ``CombinedLoss.last_terms``.
+
+    Raises :class:`~pixelwise.errors.ConfigError` naming the loss and the bad key for an
+    unknown name, an unknown option or a bad value.
+    """
+    if isinstance(specs, dict) or not isinstance(specs, (list, tuple)) or len(specs) == 0:
+        raise ConfigError(
+            f"loss specs must be a non-empty list of dicts like [{{'name': 'ce'}}] but got "
+            f"{specs!r}"
+        )
+    terms: dict[str, nn.Module] = {}
+    weights: dict[str, float] = {}
+    for position, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(
+                f"loss spec #{position} must be a dict with a 'name' key but got {spec!r}"
+            )
+        options = dict(spec)
+        name = options.pop("name")
+        weight = options.pop("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise ConfigError(f"loss {name!r}: weight must be a number but got {weight!r}")
+        options.setdefault("ignore_index", ignore_index)
+        options.setdefault("mode", mode)
+        try:
+            constructor = lookup(LOSSES, name, "loss")
+        except KeyError as error:
+            raise ConfigError(error.args[0]) from None
+
+        accepted = _keyword_names(constructor)
+        if accepted is not None:
+            unknown = sorted(set(options) - accepted)
+            if unknown:
+                raise ConfigError(
+                    f"loss {name!r} has no option {', '.join(map(repr, unknown))}; its "
+                    f"options are {', '.join(sorted(accepted))} (plus 'weight')"
+                )
+        try:
+            module = constructor(**options)
+        except TypeError as error:
+            raise ConfigError(f"loss {name!r} rejected the options {options}: {error}") from error
+
+        key, suffix = name, 1
+        while key in terms:
+            key, suffix = f"{name}_{suffix}", suffix + 1
+        terms[key] = module
+        weights[key] = float(weight)
+    return CombinedLoss(terms, weights)
+
+
+def _keyword_names(constructor) -> set[str] | None:
+    """Names the constructor accepts as keywords, or None if it takes ``**kwargs``."""
+    try:
+        parameters = inspect.signature(constructor).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
