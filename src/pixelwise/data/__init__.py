@@ -1,0 +1,47 @@
+"""Datasets, IO and augmentation.
+
+``build_dataset(cfg, split, train=...)`` looks ``cfg.dataset`` up in ``registry.DATASETS``
+(``synthetic``: the embedded default; ``folder``: image/mask folders) and attaches the
+``cfg.augment`` preset. Every sample is ``{"image": (3, H, W) float, "mask": (H, W) int64, "name": str}``.
+"""
+
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+from ..config import DataCfg
+from ..errors import ConfigError
+from ..registry import DATASETS, lookup
+from . import folder as _folder
+from . import synthetic as _synthetic
+from .folder import FolderDataset
+from .io import colorize, default_palette, overlay, read_image, read_mask, write_image, write_mask
+from .synthetic import SyntheticShapes
+from .transforms import EpochSeeded, build_transform, pad_collate
+
+__all__ = ["build_dataset", "class_names", "FolderDataset", "SyntheticShapes", "EpochSeeded", "build_transform",
+           "pad_collate", "read_image", "read_mask", "write_image", "write_mask", "colorize", "overlay",
+           "default_palette"]
+
+
+def build_dataset(cfg: DataCfg, split: str, *, train: bool) -> Dataset:
+    """The ``split`` of the dataset ``cfg`` describes, with the train or eval transform."""
+    try:
+        builder = lookup(DATASETS, cfg.dataset, "dataset")
+    except KeyError as err:
+        raise ConfigError(f"data.dataset: {err.args[0]}") from None
+    transform = build_transform(cfg.augment, train=train, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std,
+                                ignore_index=cfg.ignore_index)
+    return builder(cfg, split, train=train, transform=transform)
+
+
+def class_names(cfg: DataCfg) -> list[str]:
+    """``cfg.class_names``, else the dataset's own names, else ``class_0 .. class_{n-1}``."""
+    if cfg.class_names is not None:
+        if len(cfg.class_names) != cfg.num_classes:
+            raise ConfigError(f"data.class_names has {len(cfg.class_names)} names but data.num_classes is "
+                              f"{cfg.num_classes}; give one name per class")
+        return [str(n) for n in cfg.class_names]
+    if cfg.dataset == "synthetic":
+        return list(_synthetic.CLASS_NAMES)
+    return [f"class_{i}" for i in range(cfg.num_classes)]

@@ -1,0 +1,113 @@
+"""Plain image/mask folders: ``ROOT/images/NAME.ext`` + ``ROOT/masks/NAME.png`` matched by stem."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from ..registry import DATASETS, register
+from .io import read_image, read_mask
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+MASK_SUFFIXES = frozenset({".png", ".tif", ".tiff"})
+LAYOUT = "ROOT/images/NAME.(png|jpg|tif...) and ROOT/masks/NAME.png"
+
+
+def _by_stem(folder: Path, suffixes: frozenset[str], what: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        # Dot files are editor/OS leftovers (macOS "._x.png", our own ".x.png.*.tmp").
+        if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith("."):
+            if path.stem in found:
+                raise DataError(f"two {what} files share the name {path.stem!r}: {found[path.stem].name} and "
+                                f"{path.name} in {str(folder)!r}; keep one")
+            found[path.stem] = path
+    return found
+
+
+class FolderDataset(Dataset):
+    """Images and masks in two folders, paired by file stem.
+
+    Masks are index PNGs or palette PNGs (the palette index is the class). Pairing is
+    checked when the dataset is built; image/mask sizes and label values are checked when
+    a sample is read, each failure naming the file and the fix.
+
+    Args:
+        root: folder holding ``image_dir`` and ``mask_dir``.
+        num_classes: labels must lie in ``[0, num_classes)`` or equal ``ignore_index``.
+        ignore_index: label that marks pixels excluded from losses and metrics.
+        transform: ``(image, mask) -> (FloatTensor (3, H, W), LongTensor (H, W))``.
+
+    Each item is ``{"image": FloatTensor (3, H, W), "mask": LongTensor (H, W), "name": stem}``.
+    """
+
+    def __init__(self, root: str | Path, *, num_classes: int, ignore_index: int = 255,
+                 transform: Callable | None = None, image_dir: str = "images", mask_dir: str = "masks") -> None:
+        root = Path(root)
+        images_path, masks_path = root / image_dir, root / mask_dir
+        for path in (root, images_path, masks_path):
+            if not path.is_dir():
+                raise DataError(f"dataset folder {str(path)!r} does not exist; expected the layout {LAYOUT}")
+        images = _by_stem(images_path, IMAGE_SUFFIXES, "image")
+        masks = _by_stem(masks_path, MASK_SUFFIXES, "mask")
+        if not images:
+            raise DataError(f"empty dataset folder: {str(images_path)!r} holds no images "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))}); expected the layout {LAYOUT}")
+        unmatched = [stem for stem in images if stem not in masks]
+        if unmatched:
+            shown = ", ".join(images[s].name for s in unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
+            raise DataError(f"{len(unmatched)} image(s) have no mask: {shown} (looked in {str(masks_path)!r} for "
+                            f"files with the same stem and suffix {'/'.join(sorted(MASK_SUFFIXES))}); add the masks "
+                            f"or remove those images from {str(images_path)!r}")
+        orphans = sorted(set(masks) - set(images))
+        if orphans:
+            warnings.warn(f"{len(orphans)} mask(s) in {str(masks_path)!r} have no image (e.g. {orphans[:5]}); "
+                          f"they are not used", stacklevel=2)
+        self.pairs = [(images[s], masks[s]) for s in images]
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read and check pair ``index``: image ``(H, W, 3)`` uint8, mask ``(H, W)`` int64."""
+        image_path, mask_path = self.pairs[index]
+        image, mask = read_image(image_path), read_mask(mask_path)
+        if image.shape[:2] != mask.shape:
+            raise DataError(f"mask {str(mask_path)!r} is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
+                            f"{str(image_path)!r} is {image.shape[1]}x{image.shape[0]}; masks must have their "
+                            f"image's size: re-export the mask or resize it with nearest-neighbour")
+        bad = ((mask >= self.num_classes) | (mask < 0)) & (mask != self.ignore_index)
+        if bad.any():
+            values = np.unique(mask[bad])[:10].tolist()
+            raise DataError(f"mask {str(mask_path)!r} has label(s) {values} but num_classes is {self.num_classes} "
+                            f"(labels 0..{self.num_classes - 1}, ignore_index {self.ignore_index}); "
+                            f"set num_classes or ignore_index, or fix the mask")
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            image_t, mask_t = self.transform(image, mask)
+        else:
+            image_t = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+            mask_t = torch.from_numpy(mask)
+        return {"image": image_t, "mask": mask_t, "name": self.pairs[index][0].stem}
+
+
+@register(DATASETS, "folder")
+def build_folder(cfg, split: str, *, train: bool, transform: Callable | None) -> FolderDataset:
+    """Registry builder: ``cfg.root/<split>/images`` + ``cfg.root/<split>/masks``."""
+    if cfg.root is None:
+        raise DataError("data.dataset is 'folder' but data.root is not set; set data.root to the folder "
+                        f"holding the splits ({LAYOUT} inside ROOT/<split>/)")
+    return FolderDataset(Path(cfg.root) / split, num_classes=cfg.num_classes, ignore_index=cfg.ignore_index,
+                         transform=transform)
