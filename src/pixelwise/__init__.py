@@ -1,0 +1,17 @@
+"""pixelwise: image segmentation in plain PyTorch.
+
+Public API::
+
+    from pixelwise import create_model, list_models, load, save
+    model = create_model("unet", encoder=None, in_channels=1, num_classes=2)
+"""
+
+from __future__ import annotations
+
+from .engine.checkpoint import load_model as load
+from .engine.checkpoint import save_model as save
+from .models import create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = ["create_model", "list_models", "load", "save", "__version__"]
