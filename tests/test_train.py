@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from pixelwise import config
 from pixelwise.cli import main
 from pixelwise.engine import train as train_mod
-from pixelwise.errors import DataError, TrainingError
+from pixelwise.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 

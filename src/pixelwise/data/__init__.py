@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from ..config import DataCfg
 from ..errors import ConfigError
 from ..registry import DATASETS, lookup
-from . import folder as _folder
+from . import folder as _folder  # noqa: F401 - registers "folder"
 from . import synthetic as _synthetic
 from .folder import FolderDataset
 from .io import colorize, default_palette, overlay, read_image, read_mask, write_image, write_mask

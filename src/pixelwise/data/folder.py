@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..registry import DATASETS, register
 from .io import read_image, read_mask
+from .transforms import make_sample
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MASK_SUFFIXES = frozenset({".png", ".tif", ".tiff"})
@@ -95,12 +95,7 @@ class FolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image, mask = self.load(index)
-        if self.transform is not None:
-            image_t, mask_t = self.transform(image, mask)
-        else:
-            image_t = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
-            mask_t = torch.from_numpy(mask)
-        return {"image": image_t, "mask": mask_t, "name": self.pairs[index][0].stem}
+        return make_sample(image, mask, self.pairs[index][0].stem, self.transform)
 
 
 @register(DATASETS, "folder")

@@ -17,11 +17,11 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..registry import DATASETS, register
+from .transforms import make_sample
 
 __all__ = ["SyntheticShapes", "CLASS_NAMES"]
 
@@ -196,12 +196,7 @@ class SyntheticShapes(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(f"SyntheticShapes index {index} out of range for {self.num_samples} samples")
         image, mask = self.generate(index)
-        if self.transform is not None:
-            image_t, mask_t = self.transform(image, mask)
-        else:
-            image_t = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
-            mask_t = torch.from_numpy(mask)
-        return {"image": image_t, "mask": mask_t, "name": f"synthetic_{index:05d}"}
+        return make_sample(image, mask, f"synthetic_{index:05d}", self.transform)
 
     def __repr__(self) -> str:
         return (

@@ -241,6 +241,17 @@ class EpochSeeded(Dataset):
         return f"EpochSeeded({self.dataset!r}, epoch_seed={self.epoch_seed})"
 
 
+def make_sample(image: np.ndarray, mask: np.ndarray, name: str, transform=None) -> dict:
+    """The sample dict every dataset returns: ``transform(image, mask)``, or without a
+    transform the image scaled to 0..1, as ``{"image": (3, H, W), "mask": (H, W), "name"}``."""
+    if transform is not None:
+        image_t, mask_t = transform(image, mask)
+    else:
+        image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        mask_t = torch.from_numpy(np.asarray(mask, dtype=np.int64))
+    return {"image": image_t, "mask": mask_t, "name": name}
+
+
 def pad_collate(batch: list[dict], ignore_index: int = 255) -> dict:
     """Collate samples of different sizes by padding to the largest H and W in the batch.
 

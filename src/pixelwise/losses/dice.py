@@ -3,7 +3,6 @@ Volumetric Medical Image Segmentation", 3DV 2016)."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
