@@ -188,3 +188,15 @@ def test_models_command_prints_parameter_counts(capsys):
     out = capsys.readouterr().out
     assert "31,030,658 parameters" in out  # the paper U-Net, 1 -> 2 classes
     assert "fcn8s" in out and "134,489,759 parameters" in out
+
+
+def test_augmented_training_does_not_depend_on_the_worker_count(tmp_path):
+    runs = []
+    for workers in (0, 2):
+        cfg = tiny_cfg(tmp_path / f"w{workers}", epochs=2)
+        cfg.data.augment = "unet"
+        cfg.data.num_workers = workers
+        train_mod.train(cfg, progress=False)
+        runs.append(_weights(tmp_path / f"w{workers}"))
+    for key in runs[0]:
+        assert torch.allclose(runs[0][key].float(), runs[1][key].float(), atol=1e-6), key
