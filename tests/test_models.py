@@ -15,6 +15,7 @@ TINY = {
     "fcn8s": {"encoder": "vgg16", "fc_channels": 16},
     "fcn16s": {"encoder": "vgg16", "fc_channels": 16},
     "fcn32s": {"encoder": "vgg16", "fc_channels": 16},
+    "segnet": {},
 }
 
 
@@ -150,3 +151,22 @@ def test_unet_on_dilated_encoder():
     dec = UNetDecoder(enc.out_channels, enc.reductions, [64, 32, 16, 8, 8])
     feats = enc(torch.randn(1, 3, 64, 64))
     assert dec(feats).shape == (1, 8, 64, 64)
+
+
+def test_segnet_parameter_count_and_decoder_uses_pooling_indices():
+    model = create_model("segnet", num_classes=12).eval()
+    # VGG16-BN convolutions twice (encoder + mirrored decoder) ~ the paper's 29.5 M.
+    assert sum(p.numel() for p in model.parameters()) == 29_446_220
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())  # no learned upsampling
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats, indices, sizes = model.encoder.forward_with_indices(x)
+        out = model.decoder(feats, indices, sizes)
+        swapped = [i.flip(-1) for i in indices]  # same values, placed at other (valid) positions
+        out_swapped = model.decoder(feats, swapped, sizes)
+        assert not torch.allclose(out, out_swapped)
+        # Unpooling writes each pooled maximum back exactly where it was taken from.
+        pre_pool = model.encoder.features[:6](x)  # conv1_1, bn, relu, conv1_2, bn, relu
+        restored = F.max_unpool2d(feats[0], indices[0], 2, 2, output_size=sizes[0][-2:])
+        kept = restored != 0
+        assert torch.equal(restored[kept], pre_pool[kept])

@@ -13,4 +13,6 @@ CATALOG: dict[str, dict] = {
                "canonical": {"num_classes": 21}, "encoders": "vgg16 (default), encoders with strides 8/16/32"},
     "fcn8s": {"paper": "Long et al., CVPR 2015 (arXiv:1411.4038)",
               "canonical": {"num_classes": 21}, "encoders": "vgg16 (default), encoders with strides 8/16/32"},
+    "segnet": {"paper": "Badrinarayanan et al., TPAMI 2017 (arXiv:1511.00561)",
+               "canonical": {"num_classes": 12}, "encoders": "VGG16-BN only (the decoder needs its pooling indices)"},
 }
