@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from pixelwise import create_model, list_models
 from pixelwise.errors import ConfigError
+from pixelwise.models import SegmentationOutput
 from pixelwise.models.fcn import bilinear_kernel, upsampler
 from pixelwise.models.unet import UNetEncoder
 
@@ -16,6 +17,8 @@ TINY = {
     "fcn16s": {"encoder": "vgg16", "fc_channels": 16},
     "fcn32s": {"encoder": "vgg16", "fc_channels": 16},
     "segnet": {},
+    "deeplabv3": {"encoder": "resnet18"},
+    "deeplabv3plus": {"encoder": "resnet18"},
 }
 
 
@@ -29,8 +32,15 @@ def test_forward_any_size_and_backward(name, size):
     model = create_model(name, num_classes=3, **TINY[name])
     x = torch.randn(2, 3, *size, requires_grad=True)
     y = model(x)
+    if isinstance(y, SegmentationOutput):  # training-mode extras are well-formed
+        assert len(y.aux) == len(y.aux_weights) >= 1
+        assert all(a.shape == (2, 3, *size) for a in y.aux)
+        total = y.logits.square().mean() + sum(a.square().mean() for a in y.aux)
+        y = y.logits
+    else:
+        total = y.square().mean()
     assert y.shape == (2, 3, *size)
-    y.square().mean().backward()
+    total.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
@@ -170,3 +180,28 @@ def test_segnet_parameter_count_and_decoder_uses_pooling_indices():
         restored = F.max_unpool2d(feats[0], indices[0], 2, 2, output_size=sizes[0][-2:])
         kept = restored != 0
         assert torch.equal(restored[kept], pre_pool[kept])
+
+
+def test_deeplabv3_matches_torchvision_parameter_count_and_returns_aux_in_training():
+    import torchvision
+
+    model = create_model("deeplabv3", num_classes=21)  # ResNet-50, output stride 8, aux head
+    reference = torchvision.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == sum(p.numel() for p in reference.parameters()) == 42_004_074
+    small = create_model("deeplabv3", num_classes=3, encoder="resnet18").train()
+    out = small(torch.randn(2, 3, 35, 45))
+    assert out.logits.shape == out.aux[0].shape == (2, 3, 35, 45) and out.aux_weights == [0.4]
+    assert max(small.encoder.reductions) == 8  # dilated, not strided, after stride 8
+
+
+def test_deeplabv3plus_decoder_fuses_stride4_features():
+    model = create_model("deeplabv3plus", num_classes=3, encoder="resnet18").eval()
+    assert max(model.encoder.reductions) == 16
+    assert model.decoder.low_index == model.encoder.reductions.index(4)
+    with torch.no_grad():
+        feats = model.encoder(torch.randn(1, 3, 64, 64))
+        assert model.decoder(feats).shape == (1, 256, 16, 16)  # stride 4
+    with pytest.raises(ConfigError, match="output_stride must be 8 or 16"):
+        create_model("deeplabv3plus", num_classes=3, encoder="resnet18", output_stride=32)

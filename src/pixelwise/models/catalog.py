@@ -15,4 +15,10 @@ CATALOG: dict[str, dict] = {
               "canonical": {"num_classes": 21}, "encoders": "vgg16 (default), encoders with strides 8/16/32"},
     "segnet": {"paper": "Badrinarayanan et al., TPAMI 2017 (arXiv:1511.00561)",
                "canonical": {"num_classes": 12}, "encoders": "VGG16-BN only (the decoder needs its pooling indices)"},
+    "deeplabv3": {"paper": "Chen et al. 2017 (arXiv:1706.05587)",
+                  "canonical": {"num_classes": 21},
+                  "encoders": "any timm (dilated to output stride 8/16), tv: Bottleneck ResNets"},
+    "deeplabv3plus": {"paper": "Chen et al., ECCV 2018 (arXiv:1802.02611)",
+                      "canonical": {"num_classes": 21},
+                      "encoders": "any timm with a stride-4 feature (Xception: xception65), tv: Bottleneck ResNets"},
 }

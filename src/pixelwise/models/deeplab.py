@@ -1,0 +1,96 @@
+"""DeepLab v3 (Chen et al. 2017, arXiv:1706.05587) and v3+ (Chen et al., ECCV 2018, arXiv:1802.02611).
+
+What is special here: a dilated backbone keeps output stride 8 or 16 instead of 32 (atrous
+convolution keeps resolution without losing field of view), and ASPP samples the features
+at several rates plus image-level pooling. v3+ adds a light decoder: ASPP output upsampled
+4× and fused with low-level (stride 4) features reduced to 48 channels, then two 3×3
+convolutions; optionally depthwise-separable ASPP and decoder convolutions.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..encoders import build_encoder
+from ..errors import ConfigError
+from ..layers import ASPP, ConvNormAct, SeparableConvNormAct
+from ..registry import MODELS, register
+from .heads import AuxHead, SegmentationHead
+from .model import SegmentationModel
+
+
+def _rates(output_stride: int, rates: Sequence[int] | None) -> list[int]:
+    if rates is not None:
+        return list(rates)
+    if output_stride not in (8, 16):
+        raise ConfigError(f"DeepLab output_stride must be 8 or 16, got {output_stride}")
+    # The paper's rates at output stride 16, doubled at 8 so the field of view is the same.
+    return [6, 12, 18] if output_stride == 16 else [12, 24, 36]
+
+
+class DeepLabV3Decoder(nn.Sequential):
+    """ASPP on the deepest feature, then a 3×3 ConvNormAct: features -> ``(N, channels, H/os, W/os)``."""
+
+    def __init__(self, in_channels: int, *, channels: int = 256, rates: Sequence[int] = (12, 24, 36),
+                 separable: bool = False) -> None:
+        super().__init__(ASPP(in_channels, channels, rates, separable=separable),
+                         ConvNormAct(channels, channels, 3, norm="batch"))
+        self.out_channels = channels
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        return super().forward(features[-1])
+
+
+class DeepLabV3PlusDecoder(nn.Module):
+    """ASPP on the deepest feature, upsampled to the stride-4 feature, concatenated with that
+    feature reduced to ``low_level_channels``, then two 3×3 convolutions (v3+ Fig. 2)."""
+
+    def __init__(self, encoder_channels: list[int], reductions: list[int], *, channels: int = 256,
+                 rates: Sequence[int] = (6, 12, 18), low_level_channels: int = 48, separable: bool = True) -> None:
+        super().__init__()
+        if 4 not in reductions:
+            raise ConfigError(f"DeepLab v3+ needs an encoder feature at stride 4; this encoder has {reductions}")
+        self.low_index = reductions.index(4)
+        self.aspp = ASPP(encoder_channels[-1], channels, rates, separable=separable, dropout=0.1)
+        self.reduce = ConvNormAct(encoder_channels[self.low_index], low_level_channels, 1, norm="batch")
+        conv = SeparableConvNormAct if separable else ConvNormAct
+        self.fuse = nn.Sequential(conv(channels + low_level_channels, channels, norm="batch"),
+                                  conv(channels, channels, norm="batch"))
+        self.out_channels = channels
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        low = self.reduce(features[self.low_index])
+        x = F.interpolate(self.aspp(features[-1]), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([x, low], dim=1))
+
+
+@register(MODELS, "deeplabv3")
+def deeplabv3(*, num_classes: int, in_channels: int = 3, encoder: str = "resnet50", encoder_weights: str | None = None,
+              output_stride: int = 8, rates: list[int] | None = None, aux: bool = True, aux_weight: float = 0.4,
+              separable: bool = False) -> SegmentationModel:
+    """DeepLab v3 (Chen et al. 2017): dilated encoder (output stride 8/16) + ASPP with image pooling.
+
+    ``aux=True`` adds torchvision's auxiliary FCN head on the stride-16 stage (training only).
+    """
+    enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights, output_stride=output_stride)
+    dec = DeepLabV3Decoder(enc.out_channels[-1], rates=_rates(output_stride, rates), separable=separable)
+    aux_head = AuxHead(enc.out_channels[-2], num_classes) if aux else None
+    return SegmentationModel(enc, dec, nn.Conv2d(dec.out_channels, num_classes, 1), aux_head, aux_weight=aux_weight)
+
+
+@register(MODELS, "deeplabv3plus")
+def deeplabv3plus(*, num_classes: int, in_channels: int = 3, encoder: str = "resnet50",
+                  encoder_weights: str | None = None, output_stride: int = 16, rates: list[int] | None = None,
+                  separable: bool = True) -> SegmentationModel:
+    """DeepLab v3+ (Chen et al. 2018): v3 encoder + decoder fusing stride-4 features; separable convs.
+
+    The paper's Xception backbone is available as a timm encoder (e.g. ``encoder="xception65"``).
+    """
+    enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights, output_stride=output_stride)
+    dec = DeepLabV3PlusDecoder(enc.out_channels, enc.reductions, rates=_rates(output_stride, rates),
+                               separable=separable)
+    return SegmentationModel(enc, dec, SegmentationHead(dec.out_channels, num_classes))

@@ -1,0 +1,43 @@
+"""Blocks: shapes and behaviour checked against what the paper says they compute."""
+
+import torch
+
+from pixelwise.layers import ASPP, ConvNormAct, SeparableConvNormAct
+
+
+def _impulse_response(module, size=25):
+    x = torch.zeros(1, 1, size, size)
+    x[..., size // 2, size // 2] = 1.0
+    module.eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(1.0)  # positive weights: every tap the impulse reaches shows up
+        return module(x)[0, 0]
+
+
+def test_atrous_branch_samples_at_the_dilation_rate():
+    for rate in (2, 5):
+        response = _impulse_response(ConvNormAct(1, 1, 3, dilation=rate, norm="none"))
+        nz = torch.nonzero(response).tolist()
+        c = 12
+        expected = sorted([c + dy, c + dx] for dy in (-rate, 0, rate) for dx in (-rate, 0, rate))
+        assert sorted(nz) == expected
+
+
+def test_aspp_shapes_and_image_pooling_branch_is_spatially_constant():
+    aspp = ASPP(8, 16, rates=(1, 2, 3)).eval()
+    x = torch.randn(2, 8, 13, 17)
+    assert aspp(x).shape == (2, 16, 13, 17)
+    assert len(aspp.branches) == 5  # 1x1, three atrous, image pooling
+    pooled = aspp.branches[-1](x)
+    assert torch.allclose(pooled, pooled[..., :1, :1].expand_as(pooled), atol=1e-6)
+
+
+def test_separable_conv_has_depthwise_then_pointwise():
+    block = SeparableConvNormAct(8, 16, dilation=2)
+    depthwise, pointwise = block[0], block[2]
+    assert depthwise.groups == 8 and depthwise.dilation == (2, 2)
+    assert pointwise.kernel_size == (1, 1)
+    full = 8 * 16 * 9
+    assert sum(p.numel() for p in block.parameters() if p.ndim == 4) == 8 * 9 + 8 * 16 < full
+    assert block(torch.randn(1, 8, 10, 10)).shape == (1, 16, 10, 10)
