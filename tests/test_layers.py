@@ -2,7 +2,7 @@
 
 import torch
 
-from pixelwise.layers import ASPP, ConvNormAct, SeparableConvNormAct
+from pixelwise.layers import ASPP, ConvNormAct, PyramidPooling, SeparableConvNormAct
 
 
 def _impulse_response(module, size=25):
@@ -10,8 +10,8 @@ def _impulse_response(module, size=25):
     x[..., size // 2, size // 2] = 1.0
     module.eval()
     with torch.no_grad():
-        for p in module.parameters():
-            p.fill_(1.0)  # positive weights: every tap the impulse reaches shows up
+        for name, p in module.named_parameters():
+            p.fill_(0.0 if name.endswith("bias") else 1.0)  # every tap the impulse reaches shows up
         return module(x)[0, 0]
 
 
@@ -41,3 +41,16 @@ def test_separable_conv_has_depthwise_then_pointwise():
     full = 8 * 16 * 9
     assert sum(p.numel() for p in block.parameters() if p.ndim == 4) == 8 * 9 + 8 * 16 < full
     assert block(torch.randn(1, 8, 10, 10)).shape == (1, 16, 10, 10)
+
+
+def test_pyramid_pooling_bins_average_sub_regions():
+    ppm = PyramidPooling(8, bins=(1, 2, 3, 6)).eval()
+    x = torch.randn(2, 8, 12, 18)
+    y = ppm(x)
+    assert y.shape == (2, 8 + 4 * 2, 12, 18) and ppm.out_channels == 16
+    assert torch.equal(y[:, :8], x)  # the input is passed through unchanged
+    pooled2 = ppm.stages[1][0](x)  # 2x2 bins: the mean of each quadrant
+    quadrant = x[:, :, :6, 9:].mean(dim=(2, 3))
+    assert torch.allclose(pooled2[:, :, 0, 1], quadrant, atol=1e-6)
+    global_branch = y[:, 8:10]
+    assert torch.allclose(global_branch, global_branch[..., :1, :1].expand_as(global_branch), atol=1e-6)

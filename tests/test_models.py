@@ -19,6 +19,9 @@ TINY = {
     "segnet": {},
     "deeplabv3": {"encoder": "resnet18"},
     "deeplabv3plus": {"encoder": "resnet18"},
+    "deeplabv1": {},
+    "deeplabv2": {"encoder": "resnet18"},
+    "pspnet": {"encoder": "resnet18"},
 }
 
 
@@ -205,3 +208,30 @@ def test_deeplabv3plus_decoder_fuses_stride4_features():
         assert model.decoder(feats).shape == (1, 256, 16, 16)  # stride 4
     with pytest.raises(ConfigError, match="output_stride must be 8 or 16"):
         create_model("deeplabv3plus", num_classes=3, encoder="resnet18", output_stride=32)
+
+
+def test_deeplabv1_largefov_matches_the_papers_parameter_count():
+    model = create_model("deeplabv1", num_classes=21)
+    # Chen et al. 2015, Table 2: DeepLab-LargeFOV has 20.5 M parameters.
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 20.5
+    assert model.encoder.reductions[-1] == 8
+    fc6 = model.decoder[0]
+    assert fc6.dilation == (12, 12) and fc6.kernel_size == (3, 3) and fc6.out_channels == 1024
+
+
+def test_deeplabv2_sums_four_atrous_classifiers():
+    model = create_model("deeplabv2", num_classes=5, encoder="resnet18").eval()
+    assert [b.dilation[0] for b in model.decoder.branches] == [6, 12, 18, 24]
+    feats = model.encoder(torch.randn(1, 3, 64, 64))
+    with torch.no_grad():
+        total = sum(b(feats[-1]) for b in model.decoder.branches)
+        assert torch.allclose(model.decoder(feats), total)
+
+
+def test_pspnet_aux_head_on_stage3_with_weight_04():
+    model = create_model("pspnet", num_classes=4, encoder="resnet18").train()
+    out = model(torch.randn(2, 3, 40, 56))
+    assert out.aux_weights == [0.4] and out.aux[0].shape == (2, 4, 40, 56)
+    assert model.aux_head.block[0][0].in_channels == model.encoder.out_channels[-2]
+    model.eval()
+    assert isinstance(model(torch.randn(1, 3, 40, 56)), torch.Tensor)  # no aux at inference

@@ -1,8 +1,26 @@
-"""Dataset-level segmentation scores from one confusion matrix.
+"""Segmentation scores: dataset-level (one confusion matrix) and per-image.
 
 IoU / Jaccard and mean IoU as in the PASCAL VOC challenge (Everingham et al., IJCV
 2010); pixel accuracy, mean accuracy and frequency-weighted IoU as defined in FCN
-(Long et al., "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015).
+(Long et al., "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015);
+F-beta from van Rijsbergen, "Information Retrieval" (1979).
+
+How every mean is taken. For class ``c`` let ``TP_c``, ``GT_c`` (ground-truth pixels of
+``c``) and ``PR_c`` (pixels predicted as ``c``) be counts over the non-ignored pixels.
+
+- :class:`ConfusionMatrix` (the default, *dataset-level*): the counts are summed over
+  the whole dataset first, ``IoU_c = TP_c / (GT_c + PR_c - TP_c)`` on the sums, then
+  ``mIoU = nanmean_c IoU_c``. A class absent from ground truth *and* prediction of the
+  whole dataset is 0/0 = NaN and left out; a class absent from the ground truth but
+  predicted has IoU 0 and counts. This is the convention of MMSegmentation's
+  ``IoUMetric`` (``mmseg/evaluation/metrics/iou_metric.py``: per-image histograms are
+  summed, ``IoU = intersect / union`` on the totals, the summary is ``np.nanmean``), so
+  numbers compare with papers that use it.
+- :class:`PerImageMetrics` (*per-image*): ``IoU_{i,c}`` is computed within image ``i``
+  and is NaN where ``GT_{i,c} = PR_{i,c} = 0`` (class absent from that image's ground
+  truth and prediction). ``IoU_c = mean of IoU_{i,c} over the images where it is not
+  NaN``; ``mIoU = nanmean_c IoU_c``; ``image mIoU = mean_i nanmean_c IoU_{i,c}`` over
+  images with at least one defined class. Small objects weigh as much as large ones.
 """
 
 from __future__ import annotations
@@ -15,6 +33,119 @@ from torch import Tensor
 
 from .errors import DataError
 
+# The fast counting path bins ``target * K + pred`` directly, so ignored pixels land in
+# bins past ``K * K``; above this many bins the general path is cheaper in memory.
+_MAX_DIRECT_BINS = 1 << 24
+
+
+def _as_labels(pred: Tensor, target: Tensor, k: int) -> Tensor:
+    """Check shapes and dtypes; return ``pred`` as labels ``(N, *S)``."""
+    if torch.is_floating_point(target) or target.is_complex():
+        raise ValueError(
+            f"target must hold integer labels but got dtype {target.dtype}; convert "
+            f"the masks with .long()"
+        )
+    logit_shape = (target.shape[0], k, *target.shape[1:]) if target.dim() else (k,)
+    if torch.is_floating_point(pred):
+        if tuple(pred.shape) != logit_shape:
+            raise ValueError(
+                f"logits must have shape {logit_shape} for target {tuple(target.shape)} and "
+                f"num_classes={k} but got {tuple(pred.shape)}"
+            )
+        return pred.argmax(dim=1)
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred labels {tuple(pred.shape)} and target {tuple(target.shape)} must have "
+            f"the same shape (or pass logits of shape {logit_shape})"
+        )
+    return pred.to(target.device)
+
+
+def _count_pairs(
+    pred: Tensor, target: Tensor, k: int, ignore_index: int | None, per_image: bool
+) -> Tensor:
+    """Confusion counts ``(G, K, K)`` int64 (``G = N`` if ``per_image`` else 1) with one
+    ``bincount``. Raises on labels outside ``[0, K)`` that are not ``ignore_index``."""
+    groups = target.shape[0] if per_image else 1
+    if target.numel() == 0:
+        return torch.zeros(groups, k, k, dtype=torch.int64, device=target.device)
+    # One host sync decides whether the fast path is safe; it is exact, not heuristic.
+    t_min, t_max, p_min, p_max = torch.stack(
+        [v.long() for v in (*target.aminmax(), *pred.aminmax())]
+    ).tolist()
+    rows = max(t_max + 1, k)
+    # An ignore_index inside [0, K) would be counted as a class by direct binning.
+    ignore_above = ignore_index is not None and ignore_index >= k
+    ignore_absent = ignore_index is None or ignore_index < 0 or ignore_above
+    direct = (
+        t_min >= 0 and p_min >= 0 and p_max < k and groups * rows * k <= _MAX_DIRECT_BINS
+        and ignore_absent and (t_max < k or ignore_above)
+    )
+    if direct:
+        # Ignored pixels fall in row ``ignore_index`` (>= K) and are sliced away, so
+        # there is no mask, no where and no boolean indexing: one fused t*K+p, one
+        # bincount. int32 halves the memory traffic when the inputs are narrow anyway.
+        wide = target.dtype == torch.int64 or pred.dtype == torch.int64
+        dtype = torch.int64 if wide else torch.int32
+        index = torch.add(pred.to(dtype), target.to(dtype), alpha=k)
+        if groups > 1:
+            offsets = torch.arange(groups, device=index.device, dtype=dtype) * (rows * k)
+            index = index + offsets.view(-1, *([1] * (index.dim() - 1)))
+        counts = torch.bincount(index.flatten(), minlength=groups * rows * k)
+        counts = counts.view(groups, rows, k)
+        stray = t_max >= k and int(counts[:, k:].sum()) != int(
+            counts[:, ignore_index].sum() if ignore_index <= t_max else 0
+        )
+        if not stray:
+            return counts[:, :k].contiguous()
+    # General path: any ignore_index, and the error messages. Extra bins per group
+    # (ignored, bad target, bad prediction) instead of boolean indexing, which would
+    # add a host sync per mask.
+    target, pred = target.long(), pred.long()
+    valid = torch.ones_like(target, dtype=torch.bool)
+    if ignore_index is not None:
+        valid = target != ignore_index
+    bad_target = valid & ((target < 0) | (target >= k))
+    bad_pred = valid & ((pred < 0) | (pred >= k))
+    index = torch.where(valid, target * k + pred, k * k)
+    index = torch.where(bad_pred, k * k + 2, index)
+    index = torch.where(bad_target, k * k + 1, index)
+    if groups > 1:
+        offsets = torch.arange(groups, device=index.device) * (k * k + 3)
+        index = index + offsets.view(-1, *([1] * (index.dim() - 1)))
+    counts = torch.bincount(index.flatten(), minlength=groups * (k * k + 3))
+    counts = counts.view(groups, k * k + 3)
+    problems = counts[:, k * k + 1 :].sum(dim=0).tolist()
+    if problems[0]:
+        raise DataError(
+            f"target has label {int(target[bad_target][0])} but num_classes is {k} and "
+            f"ignore_index is {ignore_index}; set num_classes or ignore_index (or fix the masks)"
+        )
+    if problems[1]:
+        raise ValueError(
+            f"prediction has label {int(pred[bad_pred][0])} outside [0, {k}); the model's "
+            f"num_classes and the metric's num_classes ({k}) must agree"
+        )
+    return counts[:, : k * k].reshape(groups, k, k)
+
+
+def _check_classes(num_classes: object) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1 but got {num_classes!r}")
+
+
+def _reduce_sum(tensor: Tensor) -> None:
+    """In-place sum over the default process group; no-op when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        # NCCL only reduces CUDA tensors: round-trip through the current GPU.
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        tensor.copy_(on_gpu.to(tensor.device))
+    else:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
 
 class ConfusionMatrix:
     """A ``(K, K)`` int64 confusion matrix accumulated over a whole dataset.
@@ -23,26 +154,34 @@ class ConfusionMatrix:
     whose prediction is class ``p``: rows are ground truth, columns are prediction.
     Pixels whose target equals ``ignore_index`` are not counted. Each :meth:`update`
     is one ``torch.bincount`` on the inputs' device; scores are computed from the
-    dataset totals (not averaged per batch), in float64 on the CPU.
+    dataset totals (not averaged per batch), in float64 on the CPU. This is the
+    MMSegmentation ``IoUMetric`` convention (see the module docstring).
 
     With ``TP_c = matrix[c, c]``, ``GT_c = sum_p matrix[c, p]`` (pixels of class ``c``)
     and ``PR_c = sum_g matrix[g, c]`` (pixels predicted as ``c``), ``T = sum(GT)``:
 
     - ``iou()[c]          = TP_c / (GT_c + PR_c - TP_c)``
     - ``dice()[c]         = 2 TP_c / (GT_c + PR_c)``   (= F1 = 2 IoU / (1 + IoU))
-    - ``class_accuracy()[c] = TP_c / GT_c``            (recall)
+    - ``precision()[c]    = TP_c / PR_c``
+    - ``recall()[c] = class_accuracy()[c] = TP_c / GT_c``
+    - ``fscore(beta)[c]   = (1 + b^2) TP_c / (b^2 GT_c + PR_c)``
+      (= ``(1 + b^2) P R / (b^2 P + R)``; ``beta = 1`` is Dice)
     - ``pixel_accuracy()  = sum_c TP_c / T``
     - ``fwiou()           = sum_c (GT_c / T) IoU_c``, over the classes with ``GT_c > 0``
-    - ``miou()``, ``mean_dice()``, ``mean_accuracy()``: the mean of the per-class values
-      that are not NaN.
+    - ``miou()``, ``mean_dice()``, ``mean_accuracy()``, ``mean_precision()``,
+      ``mean_recall()``, ``mean_fscore()``: the mean of the per-class values that are
+      not NaN.
 
     Empty classes, precisely:
 
-    - absent from both ground truth and prediction (``GT_c = PR_c = 0``): IoU and Dice
-      are NaN (0/0) and left out of mIoU and mean Dice;
-    - absent from the ground truth but predicted (``GT_c = 0 < PR_c``): IoU and Dice are
-      0 and *do* count in the means (false positives are penalised); class accuracy is
-      NaN (0/0) and left out of the mean accuracy;
+    - absent from both ground truth and prediction (``GT_c = PR_c = 0``): IoU, Dice and
+      F-score are NaN (0/0) and left out of the means;
+    - absent from the ground truth but predicted (``GT_c = 0 < PR_c``): IoU, Dice and
+      F-score are 0 and *do* count in the means (false positives are penalised); recall
+      (class accuracy) is NaN and left out of its mean;
+    - present but never predicted (``PR_c = 0 < GT_c``): precision is NaN, F-score 0.
+      (MMSegmentation computes F from P and R, which makes it NaN whenever ``TP_c = 0``
+      and drops such classes from mFscore; the count form above keeps them as 0.)
     - every score is NaN when nothing has been counted yet.
 
     Args:
@@ -58,8 +197,7 @@ class ConfusionMatrix:
         ignore_index: int | None = 255,
         device: torch.device | str | None = None,
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1 but got {num_classes!r}")
+        _check_classes(num_classes)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self._matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -92,58 +230,11 @@ class ConfusionMatrix:
             ValueError: shapes that do not match, or a float target.
             DataError: a target label outside ``[0, K)`` that is not ``ignore_index``.
         """
-        k = self.num_classes
-        if torch.is_floating_point(target) or target.is_complex():
-            raise ValueError(
-                f"target must hold integer labels but got dtype {target.dtype}; convert "
-                f"the masks with .long()"
-            )
-        if torch.is_floating_point(pred):
-            expected = (target.shape[0], k, *target.shape[1:])
-            if tuple(pred.shape) != expected:
-                raise ValueError(
-                    f"logits must have shape {expected} for target {tuple(target.shape)} and "
-                    f"num_classes={k} but got {tuple(pred.shape)}"
-                )
-            pred = pred.argmax(dim=1)
-        elif pred.shape != target.shape:
-            logit_shape = (target.shape[0], k, *target.shape[1:])
-            raise ValueError(
-                f"pred labels {tuple(pred.shape)} and target {tuple(target.shape)} must have "
-                f"the same shape (or pass logits of shape {logit_shape})"
-            )
+        pred = _as_labels(pred, target, self.num_classes)
         if self._matrix.device != target.device:
             self._matrix = self._matrix.to(target.device)
-        # int64 before arithmetic: uint8 masks would wrap around in target * k.
-        target = target.long()
-        pred = pred.to(device=target.device, dtype=torch.long)
-
-        valid = torch.ones_like(target, dtype=torch.bool)
-        if self.ignore_index is not None:
-            valid = target != self.ignore_index
-        bad_target = valid & ((target < 0) | (target >= k))
-        bad_pred = valid & ((pred < 0) | (pred >= k))
-        # One bincount with three extra bins (ignored, bad target, bad prediction)
-        # instead of boolean indexing, which would add a host sync per mask.
-        index = target * k + pred
-        index = torch.where(valid, index, k * k)
-        index = torch.where(bad_pred, k * k + 2, index)
-        index = torch.where(bad_target, k * k + 1, index)
-        counts = torch.bincount(index.flatten(), minlength=k * k + 3)
-        problems = counts[k * k + 1 :].tolist()  # the one host sync of an update
-        if problems[0]:
-            value = int(target[bad_target][0])
-            raise DataError(
-                f"target has label {value} but num_classes is {k} and ignore_index is "
-                f"{self.ignore_index}; set num_classes or ignore_index (or fix the masks)"
-            )
-        if problems[1]:
-            value = int(pred[bad_pred][0])
-            raise ValueError(
-                f"prediction has label {value} outside [0, {k}); the model's num_classes "
-                f"and the metric's num_classes ({k}) must agree"
-            )
-        self._matrix += counts[: k * k].view(k, k)
+        counts = _count_pairs(pred, target, self.num_classes, self.ignore_index, False)
+        self._matrix += counts[0]
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add ``other``'s counts to this one (same ``num_classes``); returns ``self``."""
@@ -159,11 +250,9 @@ class ConfusionMatrix:
         """Sum the counts over all processes of the default group; returns ``self``.
 
         A no-op unless ``torch.distributed`` is available and initialised. Every process
-        must call it (it is a collective). With the NCCL backend the matrix must be on
-        the GPU, which it is after an update with GPU tensors.
+        must call it (it is a collective). With NCCL a CPU matrix goes through the GPU.
         """
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self._matrix, op=dist.ReduceOp.SUM)
+        _reduce_sum(self._matrix)
         return self
 
     # Scores. float64 on the CPU: exact up to 2**53 pixels, and MPS has no float64.
@@ -189,6 +278,39 @@ class ConfusionMatrix:
         """Mean Dice over the classes whose Dice is not NaN."""
         return float(self.dice().nanmean())
 
+    def precision(self) -> Tensor:
+        """Per-class precision ``TP / PR`` ``(K,)`` float64; NaN for a class never predicted."""
+        tp, _, pr = self._counts()
+        return tp / pr
+
+    def mean_precision(self) -> float:
+        """Mean precision over the classes that were predicted."""
+        return float(self.precision().nanmean())
+
+    def recall(self) -> Tensor:
+        """Per-class recall ``TP / GT`` ``(K,)``; the same as :meth:`class_accuracy`."""
+        return self.class_accuracy()
+
+    def mean_recall(self) -> float:
+        """Mean recall over the classes present in the ground truth (= mean accuracy)."""
+        return self.mean_accuracy()
+
+    def fscore(self, beta: float = 1.0) -> Tensor:
+        """Per-class F-beta ``(1 + b^2) TP / (b^2 GT + PR)`` ``(K,)`` float64.
+
+        ``beta > 1`` weighs recall more, ``beta < 1`` precision; ``beta = 1`` is Dice.
+        NaN only where ``GT = PR = 0``.
+        """
+        if not beta > 0 or math.isinf(beta):
+            raise ValueError(f"beta must be a finite number > 0 but got {beta!r}")
+        tp, gt, pr = self._counts()
+        b2 = beta * beta
+        return (1 + b2) * tp / (b2 * gt + pr)
+
+    def mean_fscore(self, beta: float = 1.0) -> float:
+        """Mean F-beta over the classes whose F-beta is not NaN."""
+        return float(self.fscore(beta).nanmean())
+
     def pixel_accuracy(self) -> float:
         """Fraction of counted pixels predicted correctly."""
         tp, gt, _ = self._counts()
@@ -212,7 +334,8 @@ class ConfusionMatrix:
 
     def compute(self) -> dict:
         """All scores: per-class lists ``iou``, ``dice``, ``class_accuracy`` and the
-        floats ``miou``, ``mean_dice``, ``pixel_accuracy``, ``mean_accuracy``, ``fwiou``."""
+        floats ``miou``, ``mean_dice``, ``pixel_accuracy``, ``mean_accuracy``, ``fwiou``.
+        (Precision, recall and F-beta have their own methods.)"""
         return {
             "iou": self.iou().tolist(),
             "dice": self.dice().tolist(),
@@ -245,7 +368,7 @@ class ConfusionMatrix:
         for name, iou, dice, acc in zip(
             class_names, scores["iou"], scores["dice"], scores["class_accuracy"]
         ):
-            lines.append(f"{str(name):<{width}}  {pct(iou):>7}  {pct(dice):>7}  {pct(acc):>7}")
+            lines.append(f"{name!s:<{width}}  {pct(iou):>7}  {pct(dice):>7}  {pct(acc):>7}")
         lines.append("-" * len(lines[0]))
         lines.append(
             f"mIoU {pct(scores['miou'])}  mDice {pct(scores['mean_dice'])}  "
@@ -253,3 +376,120 @@ class ConfusionMatrix:
             f"fwIoU {pct(scores['fwiou'])}"
         )
         return "\n".join(lines)
+
+
+class PerImageMetrics:
+    """IoU and Dice computed within each image, then averaged over images.
+
+    For image ``i`` and class ``c`` (counts within that image, ignored pixels left out):
+    ``IoU_{i,c} = TP / (GT + PR - TP)`` and ``Dice_{i,c} = 2 TP / (GT + PR)``, both NaN
+    when the class is absent from that image's ground truth and prediction. Then
+
+    - ``iou()[c]  = sum_i IoU_{i,c} / n_c``, ``n_c`` = number of images where it is
+      defined (NaN if ``n_c = 0``); ``miou() = nanmean_c iou()[c]``; same for Dice;
+    - ``image_miou() = mean over images of nanmean_c IoU_{i,c}``, over the images with
+      at least one defined class (an image whose pixels are all ignored is skipped).
+
+    Unlike :class:`ConfusionMatrix`, a small object weighs as much as a large one, the
+    usual convention in medical imaging. The state is running sums ``(K,)``, so
+    :meth:`all_reduce` is one ``all_reduce``; it stays in float64 on the CPU.
+
+    Args:
+        num_classes: ``K``; labels must lie in ``[0, K)``.
+        ignore_index: target value to skip; ``None`` counts every pixel.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+        _check_classes(num_classes)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        # Rows: sum of IoU, sum of Dice, number of defined images; then per-image means
+        # (sum of image mIoU, sum of image mDice, images with a defined class, images).
+        self._sums = torch.zeros(3, num_classes, dtype=torch.float64)
+        self._images = torch.zeros(4, dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        return f"PerImageMetrics(num_classes={self.num_classes}, images={self.num_images})"
+
+    @property
+    def num_images(self) -> int:
+        """How many images have been counted (including fully ignored ones)."""
+        return int(self._images[3])
+
+    def reset(self) -> None:
+        """Forget every image."""
+        self._sums.zero_()
+        self._images.zero_()
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Count a batch of ``N`` images: ``pred`` labels ``(N, *S)`` or logits
+        ``(N, K, *S)``, ``target`` labels ``(N, *S)``; one ``bincount`` for the batch."""
+        pred = _as_labels(pred, target, self.num_classes)
+        counts = _count_pairs(pred, target, self.num_classes, self.ignore_index, True)
+        counts = counts.to(device="cpu", dtype=torch.float64)
+        tp = counts.diagonal(dim1=1, dim2=2)
+        gt, pr = counts.sum(dim=2), counts.sum(dim=1)
+        iou, dice = tp / (gt + pr - tp), 2 * tp / (gt + pr)
+        defined = ~iou.isnan()
+        self._sums[0] += iou.nan_to_num(0.0).sum(dim=0)
+        self._sums[1] += dice.nan_to_num(0.0).sum(dim=0)
+        self._sums[2] += defined.sum(dim=0)
+        has_class = defined.any(dim=1)
+        self._images[0] += iou[has_class].nanmean(dim=1).sum()
+        self._images[1] += dice[has_class].nanmean(dim=1).sum()
+        self._images[2] += has_class.sum()
+        self._images[3] += target.shape[0]
+
+    def merge(self, other: PerImageMetrics) -> PerImageMetrics:
+        """Add ``other``'s images to this one (same ``num_classes``); returns ``self``."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(
+                f"cannot merge a PerImageMetrics with num_classes={other.num_classes} into "
+                f"one with num_classes={self.num_classes}"
+            )
+        self._sums += other._sums
+        self._images += other._images
+        return self
+
+    def all_reduce(self) -> PerImageMetrics:
+        """Sum the running sums over all processes (a collective); returns ``self``."""
+        _reduce_sum(self._sums)
+        _reduce_sum(self._images)
+        return self
+
+    def iou(self) -> Tensor:
+        """Per-class IoU ``(K,)`` float64, averaged over the images where it is defined."""
+        return self._sums[0] / self._sums[2]
+
+    def dice(self) -> Tensor:
+        """Per-class Dice ``(K,)`` float64, averaged over the images where it is defined."""
+        return self._sums[1] / self._sums[2]
+
+    def miou(self) -> float:
+        """Mean over classes of :meth:`iou` (classes never defined are left out)."""
+        return float(self.iou().nanmean())
+
+    def mean_dice(self) -> float:
+        """Mean over classes of :meth:`dice`."""
+        return float(self.dice().nanmean())
+
+    def image_miou(self) -> float:
+        """Mean over images of each image's mIoU."""
+        return float(self._images[0] / self._images[2])
+
+    def image_mean_dice(self) -> float:
+        """Mean over images of each image's mean Dice."""
+        return float(self._images[1] / self._images[2])
+
+    def compute(self) -> dict:
+        """``iou``, ``dice`` (per-class lists), ``miou``, ``mean_dice``, ``image_miou``,
+        ``image_mean_dice`` and ``num_images``."""
+        return {
+            "iou": self.iou().tolist(),
+            "dice": self.dice().tolist(),
+            "miou": self.miou(),
+            "mean_dice": self.mean_dice(),
+            "image_miou": self.image_miou(),
+            "image_mean_dice": self.image_mean_dice(),
+            "num_images": self.num_images,
+        }

@@ -28,23 +28,29 @@ class VGG16Encoder(nn.Module):
     def __init__(self, *, in_channels: int = 3, batch_norm: bool = False, weights: str | None = None,
                  output_stride: int = 32) -> None:
         super().__init__()
-        if output_stride != 32:
-            raise ConfigError("the VGG16 encoder has no dilated variant; use output_stride 32 "
-                              "(DeepLab-style dilation is available with ResNet encoders)")
+        if output_stride not in (8, 32):
+            raise ConfigError(f"VGG16 supports output_stride 32 (FCN, SegNet) or 8 (DeepLab v1), got {output_stride}")
         layers: list[nn.Module] = []
-        channels = in_channels
+        channels, pools, dilation = in_channels, 0, 1
         for item in VGG16_LAYERS:
             if item == "M":
-                layers.append(nn.MaxPool2d(2, 2, return_indices=True))
+                pools += 1
+                if output_stride == 8 and pools >= 4:
+                    # DeepLab v1 (Chen et al. 2015, Sec. 3.1): pool4/pool5 keep the resolution
+                    # (3x3, stride 1) and the convolutions after them are dilated to keep their field of view.
+                    layers.append(nn.MaxPool2d(3, 1, padding=1, return_indices=True))
+                    dilation = 2
+                else:
+                    layers.append(nn.MaxPool2d(2, 2, return_indices=True))
                 continue
-            layers.append(nn.Conv2d(channels, item, 3, padding=1))
+            layers.append(nn.Conv2d(channels, item, 3, padding=dilation, dilation=dilation))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(item))
             layers.append(nn.ReLU(inplace=True))
             channels = item
         self.features = nn.Sequential(*layers)
         self.out_channels = [64, 128, 256, 512, 512]
-        self.reductions = [2, 4, 8, 16, 32]
+        self.reductions = [2, 4, 8, 16, 32] if output_stride == 32 else [2, 4, 8, 8, 8]
         if weights == "imagenet":
             import torchvision
 
@@ -67,7 +73,8 @@ class VGG16Encoder(nn.Module):
         self.load_state_dict(feats)
 
     def forward_with_indices(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[torch.Size]]:
-        """Pool outputs, pool argmax indices, and the input size of each pool."""
+        """Pool outputs, pool argmax indices, and the input size of each pool (2×2 pools only;
+        the stride-1 pools of ``output_stride=8`` return indices too, but unpooling them is not meaningful)."""
         feats, indices, sizes = [], [], []
         for layer in self.features:
             if isinstance(layer, nn.MaxPool2d):

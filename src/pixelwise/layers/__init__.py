@@ -2,5 +2,6 @@
 
 from .aspp import ASPP, ASPPPooling, SeparableConvNormAct
 from .conv import ConvNormAct, DoubleConv, make_norm
+from .ppm import PyramidPooling
 
-__all__ = ["ASPP", "ASPPPooling", "ConvNormAct", "DoubleConv", "SeparableConvNormAct", "make_norm"]
+__all__ = ["ASPP", "ASPPPooling", "ConvNormAct", "DoubleConv", "PyramidPooling", "SeparableConvNormAct", "make_norm"]

@@ -3,6 +3,26 @@
 Importing this package registers every loss in :data:`pixelwise.registry.LOSSES`.
 Every loss takes ``mode`` (``"binary"``, ``"multiclass"``, ``"multilabel"``) and
 ``ignore_index``; see :mod:`pixelwise.losses._targets` for the tensor layouts.
+
+Registered names (module, class):
+
+- ``"ce"`` (:mod:`.ce`, :class:`CrossEntropyLoss`): pixel-wise (binary) cross-entropy.
+- ``"dice"`` (:mod:`.dice`, :class:`DiceLoss`): soft Dice (V-Net).
+- ``"focal"`` (:mod:`.focal`, :class:`FocalLoss`): focal loss (Lin et al. 2017).
+- ``"iou"`` (:mod:`.jaccard`, :class:`JaccardLoss`): soft IoU (Rahman & Wang 2016).
+- ``"tversky"``, ``"focal_tversky"`` (:mod:`.tversky`, :class:`TverskyLoss`,
+  :class:`FocalTverskyLoss`): Salehi et al. 2017; Abraham & Khan 2019.
+- ``"lovasz"`` (:mod:`.lovasz`, :class:`LovaszLoss`): Lovász-softmax / hinge
+  (Berman et al. 2018).
+- ``"topk"``, ``"ohem"`` (:mod:`.topk`, :class:`TopKCrossEntropyLoss`,
+  :class:`OhemCrossEntropyLoss`): cross-entropy on the hardest pixels.
+- ``"boundary"``, ``"hausdorff"`` (:mod:`.boundary`, :class:`BoundaryLoss`,
+  :class:`HausdorffDTLoss`): distance-map losses (Kervadec et al. 2019; Karimi &
+  Salcudean 2019).
+- ``"distance_ce"`` (:mod:`.distance_ce`, :class:`DistanceWeightedCrossEntropyLoss`):
+  cross-entropy weighted up near ground-truth boundaries.
+- ``"sens_spec"`` (:mod:`.sensitivity_specificity`, :class:`SensitivitySpecificityLoss`):
+  Brosch et al. 2015.
 """
 
 from __future__ import annotations
@@ -14,11 +34,35 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import LOSSES, lookup
+from .boundary import BoundaryLoss, HausdorffDTLoss
 from .ce import CrossEntropyLoss
 from .combined import CombinedLoss
 from .dice import DiceLoss
+from .distance_ce import DistanceWeightedCrossEntropyLoss
+from .focal import FocalLoss
+from .jaccard import JaccardLoss
+from .lovasz import LovaszLoss
+from .sensitivity_specificity import SensitivitySpecificityLoss
+from .topk import OhemCrossEntropyLoss, TopKCrossEntropyLoss
+from .tversky import FocalTverskyLoss, TverskyLoss
 
-__all__ = ["CombinedLoss", "CrossEntropyLoss", "DiceLoss", "build_loss"]
+__all__ = [
+    "BoundaryLoss",
+    "CombinedLoss",
+    "CrossEntropyLoss",
+    "DiceLoss",
+    "DistanceWeightedCrossEntropyLoss",
+    "FocalLoss",
+    "FocalTverskyLoss",
+    "HausdorffDTLoss",
+    "JaccardLoss",
+    "LovaszLoss",
+    "OhemCrossEntropyLoss",
+    "SensitivitySpecificityLoss",
+    "TopKCrossEntropyLoss",
+    "TverskyLoss",
+    "build_loss",
+]
 
 
 def build_loss(

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import MODELS, lookup
-from . import deeplab, fcn, segnet, unet  # noqa: F401 - registers the architectures
+from . import deeplab, fcn, pspnet, segnet, unet  # noqa: F401 - registers the architectures
 from .model import SegmentationModel, SegmentationOutput
 
 __all__ = ["create_model", "list_models", "model_summary", "SegmentationModel", "SegmentationOutput"]

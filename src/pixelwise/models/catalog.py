@@ -21,4 +21,10 @@ CATALOG: dict[str, dict] = {
     "deeplabv3plus": {"paper": "Chen et al., ECCV 2018 (arXiv:1802.02611)",
                       "canonical": {"num_classes": 21},
                       "encoders": "any timm with a stride-4 feature (Xception: xception65), tv: Bottleneck ResNets"},
+    "deeplabv1": {"paper": "Chen et al., ICLR 2015 (arXiv:1412.7062)", "canonical": {"num_classes": 21},
+                  "encoders": "VGG16 (dilated, output stride 8) only, as in the paper"},
+    "deeplabv2": {"paper": "Chen et al., TPAMI 2017 (arXiv:1606.00915)", "canonical": {"num_classes": 21},
+                  "encoders": "any timm (dilated), tv: Bottleneck ResNets; default resnet101"},
+    "pspnet": {"paper": "Zhao et al., CVPR 2017 (arXiv:1612.01105)", "canonical": {"num_classes": 21},
+               "encoders": "any timm (dilated to output stride 8), tv: Bottleneck ResNets"},
 }

@@ -1,6 +1,11 @@
-"""DeepLab v3 (Chen et al. 2017, arXiv:1706.05587) and v3+ (Chen et al., ECCV 2018, arXiv:1802.02611).
+"""DeepLab v1 (Chen et al., ICLR 2015, arXiv:1412.7062), v2 (TPAMI 2017, arXiv:1606.00915),
+v3 (arXiv:1706.05587) and v3+ (ECCV 2018, arXiv:1802.02611).
 
-What is special here: a dilated backbone keeps output stride 8 or 16 instead of 32 (atrous
+v1 "LargeFOV": VGG16 whose pool4/pool5 keep the resolution (output stride 8), conv5
+dilated by 2, fc6 a 3×3 convolution dilated by 12 with 1024 channels, fc7 1×1, fc8 the
+classifier. v2: ASPP-L, four 3×3 classifiers dilated by 6/12/18/24 on a dilated ResNet,
+their scores summed. The dense CRF that v1/v2 apply after the network is a separate
+post-processing step. What is special in v3/v3+: a dilated backbone keeps output stride 8 or 16 instead of 32 (atrous
 convolution keeps resolution without losing field of view), and ASPP samples the features
 at several rates plus image-level pooling. v3+ adds a light decoder: ASPP output upsampled
 4× and fused with low-level (stride 4) features reduced to 48 channels, then two 3×3
@@ -94,3 +99,48 @@ def deeplabv3plus(*, num_classes: int, in_channels: int = 3, encoder: str = "res
     dec = DeepLabV3PlusDecoder(enc.out_channels, enc.reductions, rates=_rates(output_stride, rates),
                                separable=separable)
     return SegmentationModel(enc, dec, SegmentationHead(dec.out_channels, num_classes))
+
+
+class LargeFOVHead(nn.Sequential):
+    """DeepLab v1 fc6 (3×3, dilation 12, 1024) -> fc7 (1×1, 1024) -> fc8 classifier, ReLU + dropout 0.5."""
+
+    def __init__(self, in_channels: int, num_classes: int, *, channels: int = 1024, dilation: int = 12) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        return super().forward(features[-1])
+
+
+class ASPPSum(nn.Module):
+    """DeepLab v2 ASPP-L: parallel 3×3 classifiers dilated by ``rates``, scores summed."""
+
+    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = (6, 12, 18, 24)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in rates)
+        for branch in self.branches:  # small init as in the reference (N(0, 0.01)), so the sum starts tame
+            nn.init.normal_(branch.weight, std=0.01)
+            nn.init.zeros_(branch.bias)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = features[-1]
+        return sum(branch(x) for branch in self.branches)
+
+
+@register(MODELS, "deeplabv1")
+def deeplabv1(*, num_classes: int, in_channels: int = 3, encoder_weights: str | None = None) -> SegmentationModel:
+    """DeepLab v1 LargeFOV (Chen et al. 2015): dilated VGG16 (output stride 8) + fc6 with dilation 12."""
+    enc = build_encoder("vgg16", in_channels=in_channels, weights=encoder_weights, output_stride=8)
+    return SegmentationModel(enc, LargeFOVHead(enc.out_channels[-1], num_classes), None, pad_multiple=8)
+
+
+@register(MODELS, "deeplabv2")
+def deeplabv2(*, num_classes: int, in_channels: int = 3, encoder: str = "resnet101", encoder_weights: str | None = None,
+              output_stride: int = 8, rates: list[int] | None = None) -> SegmentationModel:
+    """DeepLab v2 (Chen et al. 2017): dilated ResNet-101 + ASPP-L (rates 6/12/18/24, summed)."""
+    enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights, output_stride=output_stride)
+    return SegmentationModel(enc, ASPPSum(enc.out_channels[-1], num_classes, rates or (6, 12, 18, 24)), None)

@@ -1,0 +1,226 @@
+"""COCO-style mask average precision for instance segmentation, via pycocotools.
+
+AP is the COCO detection metric (Lin et al., "Microsoft COCO: Common Objects in
+Context", ECCV 2014) with mask IoU: for each class and IoU threshold in
+``0.50:0.05:0.95``, detections of all images are ranked by score, greedily matched to
+unmatched ground truth of IoU >= threshold, and precision is interpolated (made
+monotone) and sampled at the 101 recalls ``0:0.01:1``; AP is the mean over recalls,
+classes and thresholds. AP50 / AP75 use one threshold; APs / APm / APl restrict ground
+truth and unmatched detections to areas ``< 32**2``, ``32**2 .. 96**2``, ``> 96**2``
+pixels. The computation itself is pycocotools' ``COCOeval(iouType="segm")``; this
+module only turns per-image masks into its run-length-encoded inputs.
+
+pycocotools is an optional dependency: ``pip install pixelwise[coco]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch.distributed as dist
+from torch import Tensor
+
+STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _pycocotools():
+    try:
+        from pycocotools import mask as mask_utils
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as error:
+        raise ImportError(
+            "COCO mask AP needs pycocotools, an optional extra: pip install pixelwise[coco] "
+            "(or pip install pycocotools)"
+        ) from error
+    return mask_utils, COCO, COCOeval
+
+
+def _numpy(value: Tensor | np.ndarray | Sequence) -> np.ndarray:
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class CocoMaskAP:
+    """Accumulates instance predictions image by image; :meth:`compute` gives COCO AP.
+
+    Example::
+
+        ap = CocoMaskAP()
+        for gt_masks, gt_labels, out in data:
+            ap.update(gt_masks=gt_masks, gt_labels=gt_labels, pred_masks=out.masks,
+                      pred_labels=out.labels, pred_scores=out.scores)
+        ap.compute()["AP"]
+
+    Masks are run-length encoded on :meth:`update`, so memory grows with the number of
+    instances, not pixels. Every ground-truth instance counts (no ``iscrowd`` regions).
+
+    Args:
+        max_detections: detections kept per image and class ranking, COCO's 100.
+    """
+
+    def __init__(self, *, max_detections: int = 100) -> None:
+        if not isinstance(max_detections, int) or isinstance(max_detections, bool) \
+                or max_detections < 1:
+            raise ValueError(f"max_detections must be an int >= 1 but got {max_detections!r}")
+        self._mask_utils = _pycocotools()[0]
+        self.max_detections = max_detections
+        self._images: list[tuple[int, int]] = []
+        self._gts: list[dict] = []
+        self._dets: list[dict] = []
+
+    @property
+    def num_images(self) -> int:
+        """How many images have been added."""
+        return len(self._images)
+
+    def reset(self) -> None:
+        """Forget every image."""
+        self._images, self._gts, self._dets = [], [], []
+
+    def _encode(self, masks: np.ndarray, name: str, shape: tuple[int, int] | None) -> list:
+        if masks.ndim != 3 or (shape is not None and masks.shape[1:] != shape):
+            want = "(M, H, W)" if shape is None else f"(M, {shape[0]}, {shape[1]})"
+            raise ValueError(f"{name} must have shape {want} but got {masks.shape}")
+        if masks.shape[0] == 0:
+            return []
+        # pycocotools wants uint8 (H, W, M) in Fortran order; 'counts' stays bytes.
+        fortran = np.asfortranarray(masks.transpose(1, 2, 0) > 0, dtype=np.uint8)
+        return self._mask_utils.encode(fortran)
+
+    def update(
+        self,
+        *,
+        gt_masks: Tensor | np.ndarray,
+        gt_labels: Tensor | np.ndarray | Sequence[int],
+        pred_masks: Tensor | np.ndarray,
+        pred_labels: Tensor | np.ndarray | Sequence[int],
+        pred_scores: Tensor | np.ndarray | Sequence[float],
+    ) -> None:
+        """Add one image.
+
+        Args:
+            gt_masks: ``(M, H, W)`` bool / 0-1 ground-truth instance masks (``M`` may be 0).
+            gt_labels: ``(M,)`` integer class of each ground-truth instance.
+            pred_masks: ``(D, H, W)`` predicted masks, binarised at ``> 0`` (threshold
+                soft masks first, e.g. ``probs > 0.5``).
+            pred_labels: ``(D,)`` integer classes.
+            pred_scores: ``(D,)`` confidences; only their order matters.
+        """
+        gt_masks, pred_masks = _numpy(gt_masks), _numpy(pred_masks)
+        gt_labels = _numpy(gt_labels).reshape(-1).astype(np.int64)
+        pred_labels = _numpy(pred_labels).reshape(-1).astype(np.int64)
+        pred_scores = _numpy(pred_scores).reshape(-1).astype(np.float64)
+        if gt_masks.ndim != 3:
+            raise ValueError(f"gt_masks must have shape (M, H, W) but got {gt_masks.shape}")
+        shape = gt_masks.shape[1:]
+        if len(gt_labels) != len(gt_masks):
+            raise ValueError(
+                f"gt_labels has {len(gt_labels)} entries for {len(gt_masks)} gt_masks; "
+                f"give one label per mask"
+            )
+        if not (len(pred_labels) == len(pred_scores) == len(pred_masks)):
+            raise ValueError(
+                f"pred_masks ({len(pred_masks)}), pred_labels ({len(pred_labels)}) and "
+                f"pred_scores ({len(pred_scores)}) must have one entry per detection"
+            )
+        image_id = len(self._images) + 1
+        self._images.append((int(shape[0]), int(shape[1])))
+        for rle, label in zip(self._encode(gt_masks, "gt_masks", None), gt_labels):
+            self._gts.append({"image_id": image_id, "category_id": int(label), "rle": rle})
+        for rle, label, score in zip(
+            self._encode(pred_masks, "pred_masks", tuple(shape)), pred_labels, pred_scores
+        ):
+            self._dets.append(
+                {"image_id": image_id, "category_id": int(label), "rle": rle, "score": float(score)}
+            )
+
+    def all_gather(self) -> CocoMaskAP:
+        """Collect every process's images into every process (a collective); returns
+        ``self``. A no-op unless ``torch.distributed`` is initialised."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        shards: list = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, (self._images, self._gts, self._dets))
+        self.reset()
+        for images, gts, dets in shards:
+            offset = len(self._images)  # renumber: image ids are per process
+            self._images += images
+            self._gts += [{**g, "image_id": g["image_id"] + offset} for g in gts]
+            self._dets += [{**d, "image_id": d["image_id"] + offset} for d in dets]
+        return self
+
+    def _dataset(self, records: list[dict], with_scores: bool) -> dict:
+        mask_utils = self._mask_utils
+        annotations = []
+        # Annotation ids start at 1: COCOeval stores the matched id and treats 0 as
+        # "unmatched", so an id of 0 would silently turn a true positive into a miss.
+        for ann_id, record in enumerate(records, start=1):
+            ann = {
+                "id": ann_id, "image_id": record["image_id"],
+                "category_id": record["category_id"], "segmentation": record["rle"],
+                "area": float(mask_utils.area(record["rle"])),
+                "bbox": mask_utils.toBbox(record["rle"]).tolist(), "iscrowd": 0,
+            }
+            if with_scores:
+                ann["score"] = record["score"]
+            annotations.append(ann)
+        categories = {r["category_id"] for r in self._gts + self._dets}
+        return {
+            "images": [{"id": i, "height": h, "width": w}
+                       for i, (h, w) in enumerate(self._images, start=1)],
+            "annotations": annotations,
+            "categories": [{"id": c} for c in sorted(categories)],
+        }
+
+    def compute(self) -> dict:
+        """``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` as floats in ``[0, 1]``
+        (NaN where COCO reports -1: no ground truth in that range), and ``per_class``:
+        ``{label: AP}`` over the classes with ground truth."""
+        if not self._gts:
+            raise ValueError(
+                "CocoMaskAP has no ground-truth instances; AP is undefined without them"
+            )
+        _, COCO, COCOeval = _pycocotools()
+        # Built directly rather than through COCO.loadRes, which fails on an empty list
+        # of detections; printing is silenced because COCOeval reports with print().
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt, dt = COCO(), COCO()
+            gt.dataset = self._dataset(self._gts, with_scores=False)
+            dt.dataset = self._dataset(self._dets, with_scores=True)
+            gt.createIndex()
+            dt.createIndex()
+            evaluator = COCOeval(gt, dt, iouType="segm")
+            evaluator.params.maxDets = [1, 10, self.max_detections]
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        result = {
+            name: (math.nan if value < 0 else float(value))
+            for name, value in zip(STATS, evaluator.stats[: len(STATS)])
+        }
+        # precision: (IoU thresholds, recalls, classes, area ranges, max dets); -1 = none.
+        precision = evaluator.eval["precision"][:, :, :, 0, -1]
+        per_class = {}
+        for k, label in enumerate(evaluator.params.catIds):
+            values = precision[:, :, k]
+            values = values[values > -1]
+            if values.size:
+                per_class[int(label)] = float(values.mean())
+        result["per_class"] = per_class
+        return result
+
+
+def coco_mask_ap(images: Sequence[dict], *, max_detections: int = 100) -> dict:
+    """COCO mask AP of a list of per-image dicts with the keyword arguments of
+    :meth:`CocoMaskAP.update` (``gt_masks``, ``gt_labels``, ``pred_masks``,
+    ``pred_labels``, ``pred_scores``); see :meth:`CocoMaskAP.compute`."""
+    evaluator = CocoMaskAP(max_detections=max_detections)
+    for image in images:
+        evaluator.update(**image)
+    return evaluator.compute()

@@ -1,0 +1,209 @@
+"""Tversky loss (Salehi et al., "Tversky loss function for image segmentation using 3D
+fully convolutional deep networks", MLMI 2017) and focal Tversky loss (Abraham & Khan,
+"A Novel Focal Tversky Loss Function with Improved Attention U-Net for Lesion
+Segmentation", ISBI 2019)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..registry import LOSSES, register
+from ._targets import check_mode
+from .jaccard import check_class_options, class_mean, region_inputs, sum_dims
+
+
+def tversky_index(
+    probs: Tensor,
+    truth: Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    smooth: float,
+    eps: float,
+    per_image: bool,
+) -> Tensor:
+    """Soft Tversky index per class: ``(N, K)`` with ``per_image`` else ``(K,)``.
+
+    ``probs`` and ``truth`` are ``(N, K, *S)`` with ignored elements already zero in both
+    (as :func:`~pixelwise.losses.jaccard.region_inputs` returns them)::
+
+        TI = (TP + smooth) / max(TP + alpha * FP + beta * FN + smooth, eps)
+        TP = sum(P * G),  FP = sum(P * (1 - G)),  FN = sum((1 - P) * G)
+    """
+    dims = sum_dims(probs, per_image=per_image)
+    true_pos = (probs * truth).sum(dims)
+    # Ignored elements have P = G = 0, so they add to neither FP nor FN.
+    false_pos = (probs * (1.0 - truth)).sum(dims)
+    false_neg = ((1.0 - probs) * truth).sum(dims)
+    denominator = true_pos + alpha * false_pos + beta * false_neg + smooth
+    return (true_pos + smooth) / denominator.clamp_min(eps)
+
+
+def _check_common(
+    *, mode: str, alpha: float, beta: float, smooth: float, eps: float, owner: str
+) -> None:
+    check_mode(mode, owner=owner)
+    if not (alpha >= 0 and beta >= 0 and alpha + beta > 0):
+        raise ConfigError(
+            f"{owner}: alpha (false-positive weight) and beta (false-negative weight) must "
+            f"be >= 0 and not both 0 but got {alpha=}, {beta=}; e.g. alpha=0.3, beta=0.7"
+        )
+    if not (smooth >= 0 and eps > 0):
+        raise ConfigError(f"{owner}: need smooth >= 0 and eps > 0 but got {smooth=}, {eps=}")
+
+
+@register(LOSSES, "tversky")
+class TverskyLoss(nn.Module):
+    """Tversky loss, ``1 - mean_c TI_c``, a Dice loss that weighs false positives by
+    ``alpha`` and false negatives by ``beta`` (see :func:`tversky_index`).
+
+    ``beta > alpha`` trades precision for recall, which helps small structures (Salehi
+    et al. found ``alpha=0.3, beta=0.7`` best for lesions). Special cases:
+    ``alpha = beta = 0.5`` is the soft Dice loss (with ``smooth`` halved:
+    ``TverskyLoss(smooth=s / 2) == DiceLoss(smooth=s)``), and ``alpha = beta = 1`` is the
+    soft IoU loss.
+
+    Shapes, ignored elements and absent classes behave as in
+    :class:`~pixelwise.losses.jaccard.JaccardLoss`: multiclass logits ``(N, C, *S)`` +
+    integer target ``(N, *S)``; binary logits ``(N, 1, *S)`` or ``(N, *S)`` + target
+    ``(N, *S)``; multilabel logits and target ``(N, C, *S)``.
+
+    Args:
+        mode: ``"multiclass"``, ``"binary"`` or ``"multilabel"``.
+        ignore_index: target value to skip; ``None`` skips nothing.
+        alpha: weight of the false positives.
+        beta: weight of the false negatives.
+        smooth: added to numerator and denominator.
+        classes: class (channel) indices to average over; ``None`` means all.
+        class_weights: one weight per class for the mean over classes.
+        per_image: one index per image and class, then the mean.
+        from_logits: apply softmax/sigmoid first.
+        eps: lower bound of the denominator.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str = "multiclass",
+        ignore_index: int | None = 255,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        smooth: float = 1.0,
+        classes: list[int] | None = None,
+        class_weights: list[float] | None = None,
+        per_image: bool = False,
+        from_logits: bool = True,
+        eps: float = 1e-7,
+    ) -> None:
+        super().__init__()
+        owner = "TverskyLoss"
+        _check_common(mode=mode, alpha=alpha, beta=beta, smooth=smooth, eps=eps, owner=owner)
+        check_class_options(classes, class_weights, mode=mode, owner=owner)
+        self.mode = mode
+        self.ignore_index = ignore_index
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.smooth = float(smooth)
+        self.classes = None if classes is None else list(classes)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.per_image = per_image
+        self.from_logits = from_logits
+        self.eps = float(eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode!r}, ignore_index={self.ignore_index}, alpha={self.alpha}, "
+            f"beta={self.beta}, smooth={self.smooth}"
+        )
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Return the scalar loss in ``[0, 1]``."""
+        probs, truth, _ = region_inputs(
+            logits, target, mode=self.mode, ignore_index=self.ignore_index,
+            from_logits=self.from_logits, owner="TverskyLoss",
+        )
+        index = tversky_index(
+            probs, truth, alpha=self.alpha, beta=self.beta, smooth=self.smooth,
+            eps=self.eps, per_image=self.per_image,
+        )
+        return 1.0 - class_mean(
+            index, classes=self.classes, class_weights=self.class_weights, owner="TverskyLoss"
+        )
+
+
+@register(LOSSES, "focal_tversky")
+class FocalTverskyLoss(nn.Module):
+    """Focal Tversky loss, ``mean_c (1 - TI_c) ** (1 / gamma)`` (Abraham & Khan 2019).
+
+    ``TI_c`` is the Tversky index of :class:`TverskyLoss`. With ``gamma > 1`` the
+    exponent ``1 / gamma < 1`` lifts small losses more than large ones and steepens the
+    gradient as ``TI_c`` nears 1, so training keeps pushing on classes (typically small
+    lesions) that are nearly but not quite right. The exponent is ``1/gamma`` as in
+    the paper, which found ``gamma = 4/3`` best. ``gamma = 1`` is the Tversky loss. The paper sums over
+    classes; this averages (like the other region losses) so the scale does not grow
+    with the number of classes.
+
+    ``1 - TI`` is clamped at the smallest positive float before the power: the
+    derivative of ``x ** (1/gamma)`` is infinite at ``x = 0`` (a perfect prediction),
+    which would turn into NaN gradients.
+
+    Shapes and arguments as :class:`TverskyLoss`, plus ``gamma > 0``. Defaults follow
+    the paper (``alpha=0.3, beta=0.7, gamma=4/3``).
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str = "multiclass",
+        ignore_index: int | None = 255,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        gamma: float = 4.0 / 3.0,
+        smooth: float = 1.0,
+        classes: list[int] | None = None,
+        class_weights: list[float] | None = None,
+        per_image: bool = False,
+        from_logits: bool = True,
+        eps: float = 1e-7,
+    ) -> None:
+        super().__init__()
+        owner = "FocalTverskyLoss"
+        _check_common(mode=mode, alpha=alpha, beta=beta, smooth=smooth, eps=eps, owner=owner)
+        if not gamma > 0:
+            raise ConfigError(
+                f"{owner}: gamma must be > 0 but got {gamma!r}; the paper uses 1 to 3 (4/3 best)"
+            )
+        check_class_options(classes, class_weights, mode=mode, owner=owner)
+        self.mode = mode
+        self.ignore_index = ignore_index
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.smooth = float(smooth)
+        self.classes = None if classes is None else list(classes)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.per_image = per_image
+        self.from_logits = from_logits
+        self.eps = float(eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode!r}, ignore_index={self.ignore_index}, alpha={self.alpha}, "
+            f"beta={self.beta}, gamma={self.gamma}"
+        )
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Return the scalar loss in ``[0, 1]``."""
+        probs, truth, _ = region_inputs(
+            logits, target, mode=self.mode, ignore_index=self.ignore_index,
+            from_logits=self.from_logits, owner="FocalTverskyLoss",
+        )
+        index = tversky_index(
+            probs, truth, alpha=self.alpha, beta=self.beta, smooth=self.smooth,
+            eps=self.eps, per_image=self.per_image,
+        )
+        tiny = torch.finfo(index.dtype).tiny
+        focal = (1.0 - index).clamp_min(tiny) ** (1.0 / self.gamma)
+        return class_mean(
+            focal, classes=self.classes, class_weights=self.class_weights,
+            owner="FocalTverskyLoss",
+        )
