@@ -22,6 +22,10 @@ TINY = {
     "deeplabv1": {},
     "deeplabv2": {"encoder": "resnet18"},
     "pspnet": {"encoder": "resnet18"},
+    "resunet": {"base_channels": 4, "depth": 3},
+    "r2unet": {"base_channels": 4, "depth": 3},
+    "attention_unet": {"base_channels": 4, "depth": 3},
+    "attention_r2unet": {"base_channels": 4, "depth": 3},
 }
 
 
@@ -235,3 +239,44 @@ def test_pspnet_aux_head_on_stage3_with_weight_04():
     assert model.aux_head.block[0][0].in_channels == model.encoder.out_channels[-2]
     model.eval()
     assert isinstance(model(torch.randn(1, 3, 40, 56)), torch.Tensor)  # no aux at inference
+
+
+def test_unet_family_blocks_and_gates():
+    from pixelwise.layers import AttentionGate, RecurrentResidualBlock, ResidualDoubleConv
+
+    res = create_model("resunet", num_classes=2, base_channels=8, depth=2)
+    assert sum(isinstance(m, ResidualDoubleConv) for m in res.modules()) == 5  # 3 encoder + 2 decoder levels
+    r2 = create_model("r2unet", num_classes=2, base_channels=8, depth=2)
+    assert sum(isinstance(m, RecurrentResidualBlock) for m in r2.modules()) == 5
+    att = create_model("attention_unet", num_classes=2, base_channels=8, depth=2).eval()
+    gates = [m for m in att.modules() if isinstance(m, AttentionGate)]
+    assert len(gates) == 2  # one per skip connection
+    with torch.no_grad():
+        att(torch.randn(1, 3, 20, 28))
+    assert gates[0].last_alpha.shape == (1, 1, 10, 14) and gates[-1].last_alpha.shape == (1, 1, 20, 28)
+
+
+def test_attention_gate_matches_the_formula():
+    from pixelwise.layers import AttentionGate
+
+    gate = AttentionGate(4, 6, 3)
+    x, g = torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)
+    out = gate(x, g)
+    # alpha = sigmoid(psi(relu(W_x x_sub + W_g g))) upsampled; x_sub = stride-2 subsampling of x.
+    theta = torch.einsum("oc,nchw->nohw", gate.theta_x.weight[:, :, 0, 0], x[:, :, ::2, ::2])
+    phi = gate.phi_g(g)
+    alpha = torch.sigmoid(gate.psi(torch.relu(theta + phi)))
+    alpha = F.interpolate(alpha, size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(out, x * alpha, atol=1e-6)
+    assert ((alpha > 0) & (alpha < 1)).all()
+
+
+def test_recurrent_conv_reuses_one_convolution():
+    from pixelwise.layers.unet_blocks import RecurrentConv
+
+    rc = RecurrentConv(3, steps=2, norm="none").eval()
+    x = torch.randn(1, 3, 6, 6)
+    conv = rc.conv
+    expected = conv(x + conv(x + conv(x)))  # h0 = f(x); h1 = f(x + h0); h2 = f(x + h1)
+    assert torch.allclose(rc(x), expected)
+    assert sum(p.numel() for p in rc.parameters()) == 3 * 3 * 9 + 3

@@ -1,7 +1,9 @@
 """Small reusable blocks shared by the architectures."""
 
 from .aspp import ASPP, ASPPPooling, SeparableConvNormAct
+from .attention import AttentionGate
 from .conv import ConvNormAct, DoubleConv, make_norm
 from .ppm import PyramidPooling
+from .unet_blocks import RecurrentResidualBlock, ResidualDoubleConv, make_block
 
-__all__ = ["ASPP", "ASPPPooling", "ConvNormAct", "DoubleConv", "PyramidPooling", "SeparableConvNormAct", "make_norm"]
+__all__ = ["ASPP", "ASPPPooling", "AttentionGate", "RecurrentResidualBlock", "ResidualDoubleConv", "make_block", "ConvNormAct", "DoubleConv", "PyramidPooling", "SeparableConvNormAct", "make_norm"]

@@ -27,4 +27,13 @@ CATALOG: dict[str, dict] = {
                   "encoders": "any timm (dilated), tv: Bottleneck ResNets; default resnet101"},
     "pspnet": {"paper": "Zhao et al., CVPR 2017 (arXiv:1612.01105)", "canonical": {"num_classes": 21},
                "encoders": "any timm (dilated to output stride 8), tv: Bottleneck ResNets"},
+    "resunet": {"paper": "Zhang et al., IEEE GRSL 2018 (arXiv:1711.10684)", "canonical": {"in_channels": 1, "num_classes": 2},
+                "encoders": "its own residual encoder (encoder=None), or any encoder with residual decoder blocks"},
+    "r2unet": {"paper": "Alom et al. 2018 (arXiv:1802.06955)", "canonical": {"in_channels": 1, "num_classes": 2},
+               "encoders": "its own RRCNN encoder (encoder=None), or any encoder with RRCNN decoder blocks"},
+    "attention_unet": {"paper": "Oktay et al., MIDL 2018 (arXiv:1804.03999)",
+                       "canonical": {"in_channels": 1, "num_classes": 2},
+                       "encoders": "paper encoder (encoder=None), any timm / tv: / vgg16 encoder"},
+    "attention_r2unet": {"paper": "Alom et al. 2018 + Oktay et al. 2018", "canonical": {"in_channels": 1, "num_classes": 2},
+                         "encoders": "its own RRCNN encoder (encoder=None), or any encoder"},
 }

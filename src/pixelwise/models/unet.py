@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders import build_encoder
-from ..layers import DoubleConv
+from ..layers import AttentionGate, make_block
 from ..registry import MODELS, register
 from .heads import SegmentationHead
 from .model import SegmentationModel
@@ -29,13 +29,14 @@ class UNetEncoder(nn.Module):
     ``forward``: ``(N, C, H, W)`` -> ``depth + 1`` features at reductions ``1, 2, ..., 2^depth``.
     """
 
-    def __init__(self, in_channels: int, *, base_channels: int = 64, depth: int = 4, norm: str = "none") -> None:
+    def __init__(self, in_channels: int, *, base_channels: int = 64, depth: int = 4, norm: str = "none",
+                 block: str = "double") -> None:
         super().__init__()
         self.out_channels = [base_channels * 2**i for i in range(depth + 1)]
         self.reductions = [2**i for i in range(depth + 1)]
-        blocks = [DoubleConv(in_channels, base_channels, norm=norm)]
+        blocks = [make_block(block, in_channels, base_channels, norm=norm)]
         for i in range(1, depth + 1):
-            blocks.append(nn.Sequential(nn.MaxPool2d(2), DoubleConv(self.out_channels[i - 1],
+            blocks.append(nn.Sequential(nn.MaxPool2d(2), make_block(block, self.out_channels[i - 1],
                                                                      self.out_channels[i], norm=norm)))
         self.blocks = nn.ModuleList(blocks)
 
@@ -56,9 +57,11 @@ class UpBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, *, scale: int,
-                 upsampling: str, norm: str) -> None:
+                 upsampling: str, norm: str, block: str = "double", attention: bool = False) -> None:
         super().__init__()
         self.scale = scale
+        # Attention U-Net: the coarse decoder feature gates the skip before concatenation.
+        self.gate = AttentionGate(skip_channels, in_channels) if attention and skip_channels else None
         if upsampling == "transposed" and scale == 2:
             self.up: nn.Module = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
             conv_in = out_channels + skip_channels
@@ -67,9 +70,11 @@ class UpBlock(nn.Module):
             conv_in = in_channels + skip_channels
         else:
             raise ValueError(f"upsampling must be 'transposed' or 'bilinear', got {upsampling!r}")
-        self.conv = DoubleConv(conv_in, out_channels, norm=norm)
+        self.conv = make_block(block, conv_in, out_channels, norm=norm)
 
     def forward(self, x: Tensor, skip: Tensor | None, size: tuple[int, int]) -> Tensor:
+        if self.gate is not None and skip is not None:
+            skip = self.gate(skip, x)
         if isinstance(self.up, nn.ConvTranspose2d):
             x = self.up(x)
         if tuple(x.shape[-2:]) != size:
@@ -87,7 +92,8 @@ class UNetDecoder(nn.Module):
     """
 
     def __init__(self, encoder_channels: list[int], reductions: list[int], decoder_channels: list[int], *,
-                 upsampling: str = "bilinear", norm: str = "batch") -> None:
+                 upsampling: str = "bilinear", norm: str = "batch", block: str = "double",
+                 attention: bool = False) -> None:
         super().__init__()
         extra = 0
         while reductions[0] > 2**extra:
@@ -102,7 +108,7 @@ class UNetDecoder(nn.Module):
         for i, target in enumerate(self.targets):
             skip = encoder_channels[len(reductions) - 2 - i] if i < len(reductions) - 1 else 0
             blocks.append(UpBlock(channels, skip, decoder_channels[i], scale=current // target,
-                                  upsampling=upsampling, norm=norm))
+                                  upsampling=upsampling, norm=norm, block=block, attention=attention))
             channels, current = decoder_channels[i], target
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = channels
@@ -118,19 +124,30 @@ class UNetDecoder(nn.Module):
         return x
 
 
+def _unet(num_classes: int, in_channels: int, encoder: str | None, encoder_weights: str | None,
+          base_channels: int, depth: int, norm: str | None, decoder_channels: list[int] | None,
+          upsampling: str | None, block: str, attention: bool) -> SegmentationModel:
+    if encoder is None:
+        if encoder_weights is not None:
+            raise ValueError("encoder_weights needs an encoder; the paper's U-Net has no pretrained encoder")
+        norm = norm or ("none" if block == "double" else "batch")
+        enc: nn.Module = UNetEncoder(in_channels, base_channels=base_channels, depth=depth, norm=norm, block=block)
+        channels = decoder_channels or enc.out_channels[-2::-1]
+        dec = UNetDecoder(enc.out_channels, enc.reductions, list(channels), upsampling=upsampling or "transposed",
+                          norm=norm, block=block, attention=attention)
+    else:
+        enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights)
+        if decoder_channels is None:
+            decoder_channels = [256, 128, 64, 32, 16, 8][: len(enc.reductions) - 1 + _log2(enc.reductions[0])]
+        dec = UNetDecoder(enc.out_channels, enc.reductions, list(decoder_channels),
+                          upsampling=upsampling or "bilinear", norm=norm or "batch", block=block, attention=attention)
+    return SegmentationModel(enc, dec, SegmentationHead(dec.out_channels, num_classes))
+
+
 @register(MODELS, "unet")
-def unet(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    encoder: str | None = None,
-    encoder_weights: str | None = None,
-    base_channels: int = 64,
-    depth: int = 4,
-    norm: str | None = None,
-    decoder_channels: list[int] | None = None,
-    upsampling: str | None = None,
-) -> SegmentationModel:
+def unet(*, num_classes: int, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None,
+         base_channels: int = 64, depth: int = 4, norm: str | None = None, decoder_channels: list[int] | None = None,
+         upsampling: str | None = None) -> SegmentationModel:
     """U-Net (Ronneberger et al. 2015). ``encoder=None``: the paper's network.
 
     Paper configuration: ``base_channels=64, depth=4`` (64 -> 1024 channels), no
@@ -138,21 +155,29 @@ def unet(
     variant. With an encoder (timm name, ``tv:NAME`` or ``vgg16``) the decoder has
     ``decoder_channels`` (default 256, 128, 64, 32, 16), batch norm and bilinear upsampling.
     """
-    if encoder is None:
-        if encoder_weights is not None:
-            raise ValueError("encoder_weights needs an encoder; the paper's U-Net has no pretrained encoder")
-        norm = norm or "none"
-        enc: nn.Module = UNetEncoder(in_channels, base_channels=base_channels, depth=depth, norm=norm)
-        channels = decoder_channels or enc.out_channels[-2::-1]
-        dec = UNetDecoder(enc.out_channels, enc.reductions, list(channels),
-                          upsampling=upsampling or "transposed", norm=norm)
-    else:
-        enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights)
-        if decoder_channels is None:
-            decoder_channels = [256, 128, 64, 32, 16, 8][: len(enc.reductions) - 1 + _log2(enc.reductions[0])]
-        dec = UNetDecoder(enc.out_channels, enc.reductions, list(decoder_channels),
-                          upsampling=upsampling or "bilinear", norm=norm or "batch")
-    return SegmentationModel(enc, dec, SegmentationHead(dec.out_channels, num_classes))
+    return _unet(num_classes, in_channels, encoder, encoder_weights, base_channels, depth, norm, decoder_channels,
+                 upsampling, "double", False)
+
+
+def _register_variant(name: str, block: str, attention: bool, doc: str) -> None:
+    def build(*, num_classes: int, in_channels: int = 3, encoder: str | None = None,
+              encoder_weights: str | None = None, base_channels: int = 64, depth: int = 4, norm: str | None = None,
+              decoder_channels: list[int] | None = None, upsampling: str | None = None) -> SegmentationModel:
+        return _unet(num_classes, in_channels, encoder, encoder_weights, base_channels, depth, norm,
+                     decoder_channels, upsampling, block, attention)
+
+    build.__name__, build.__doc__ = name, doc
+    register(MODELS, name)(build)
+
+
+_register_variant("resunet", "residual", False,
+                  "ResUNet (Zhang et al. 2018): U-Net whose levels are pre-activated residual units.")
+_register_variant("r2unet", "recurrent", False,
+                  "R2U-Net (Alom et al. 2018): U-Net whose levels are recurrent residual (RRCNN) blocks, t=2.")
+_register_variant("attention_unet", "double", True,
+                  "Attention U-Net (Oktay et al. 2018): additive attention gates on the skip connections.")
+_register_variant("attention_r2unet", "recurrent", True,
+                  "Attention R2U-Net (Alom et al. 2018 + Oktay et al. 2018): RRCNN blocks and attention gates.")
 
 
 def _log2(n: int) -> int:
