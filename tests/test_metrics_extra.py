@@ -326,13 +326,22 @@ def test_label_boundaries_match_brute_force():
         assert set(zip(*np.nonzero(edges & (labels == c)))) == _brute_boundary(labels == c)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_surface_scores_match_brute_force(seed):
+@pytest.mark.parametrize(
+    "seed, spacing, tolerance, width",
+    [
+        (0, (0.5, 0.5), 1.5, 1.2),   # square pixels: the OpenCV path
+        (1, (1.0, 2.0), 1.5, 1.2),   # anisotropic: the SciPy path
+        (2, (0.5, 0.5), 1.5, 1.2),
+        (3, (1.0, 2.0), 1.5, 1.2),
+        (4, (1.0, 1.0), 2.0, 2.0),   # thresholds equal to pixel distances: <= is exact
+        (5, (1.0, 1.0), math.sqrt(5), math.sqrt(8)),
+    ],
+)
+def test_surface_scores_match_brute_force(seed, spacing, tolerance, width):
     rng = np.random.default_rng(seed)
     pred, gt = _blob(rng, (9, 11)), _blob(rng, (9, 11))
-    spacing = (1.0, 2.0) if seed % 2 else (0.5, 0.5)
-    got = surface_scores(pred, gt, spacing=spacing, tolerance=1.5, boundary_width=1.2)
-    expected = _brute_surface(pred, gt, spacing, 1.5, 1.2)
+    got = surface_scores(pred, gt, spacing=spacing, tolerance=tolerance, boundary_width=width)
+    expected = _brute_surface(pred, gt, spacing, tolerance, width)
     np.testing.assert_allclose([got[name] for name in SCORES], expected, rtol=1e-12)
 
 
@@ -345,6 +354,26 @@ def test_hausdorff_hand_worked():
     assert got["boundary_fscore"] == 0.0 and got["boundary_iou"] == 0.0
     assert surface_scores(pred, pred)["hausdorff"] == 0.0
     assert surface_scores(pred, pred)["boundary_iou"] == 1.0
+
+
+def test_nested_squares_hand_worked():
+    # pred: 7x7 square, gt: the 5x5 square inside it, in a 9x9 image (unit pixels).
+    # Boundaries: the 24-pixel ring of pred, the 16-pixel ring of gt, one pixel apart
+    # except pred's 4 corners, sqrt(2) from gt's corners.
+    #   HD = sqrt 2; HD95 (pred->gt: 20 ones, 4 sqrt 2; 95th pct lands on sqrt 2) = sqrt 2
+    #   ASSD = (20 + 4 sqrt 2 + 16) / (24 + 16)
+    # Band w = 2: pred's two outer rings (49 - 9 = 40 px), gt's all but its centre (24);
+    # they share gt's outer ring (16): BIoU = 16 / (40 + 24 - 16) = 1/3. A band with
+    # d < 2 instead of d <= 2 would give 0.
+    pred, gt = np.zeros((9, 9), bool), np.zeros((9, 9), bool)
+    pred[1:8, 1:8], gt[2:7, 2:7] = True, True
+    got = surface_scores(pred, gt, tolerance=1.0, boundary_width=2.0)
+    assert got["hausdorff"] == pytest.approx(math.sqrt(2))
+    assert got["hd95"] == pytest.approx(math.sqrt(2))
+    assert got["assd"] == pytest.approx((36 + 4 * math.sqrt(2)) / 40)
+    assert got["boundary_iou"] == pytest.approx(1 / 3)
+    # BF with t = 1: P = 20/24, R = 16/16 -> 2 P R / (P + R) = 10/11.
+    assert got["boundary_fscore"] == pytest.approx(10 / 11)
 
 
 def test_surface_scores_of_empty_masks():

@@ -55,25 +55,43 @@ SCORES = ("hausdorff", "hd95", "assd", "boundary_fscore", "boundary_iou")
 _DISTANCES = ("hausdorff", "hd95", "assd")
 
 
-def _edt(nonzero: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
-    """Euclidean distance from each pixel to the nearest zero pixel, in spacing units."""
-    if spacing[0] == spacing[1]:
-        # OpenCV's exact (DIST_MASK_PRECISE) transform is ~10x faster than SciPy's;
-        # it has one pixel size only, so anisotropic spacing goes to SciPy.
-        distance = cv2.distanceTransform(
-            nonzero.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dstType=cv2.CV_32F
-        ).astype(np.float64)
-        # Squared distances between pixel centres are integers, so rounding them undoes
-        # the float32 output while they are below 2**22 (24-bit mantissa; ~2000 px).
-        squared = distance * distance
-        exact = squared < 2**22
-        distance[exact] = np.sqrt(np.rint(squared[exact]))
-        return distance * spacing[0]
+def _scipy_edt(nonzero: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
     try:
         from scipy.ndimage import distance_transform_edt
     except ImportError as error:  # scipy comes with albumentations, but be explicit
         raise ImportError("surface metrics need scipy; pip install scipy") from error
     return distance_transform_edt(nonzero, sampling=spacing)
+
+
+def _cv2_edt(nonzero: np.ndarray) -> np.ndarray:
+    # OpenCV's exact (DIST_MASK_PRECISE) transform is several times faster than
+    # SciPy's, but float32 and for square pixels only.
+    return cv2.distanceTransform(
+        nonzero.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dstType=cv2.CV_32F
+    )
+
+
+def _distances(nonzero: np.ndarray, at: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """float64 distances from the pixels ``at`` to the nearest zero of ``nonzero``."""
+    if spacing[0] != spacing[1]:
+        return _scipy_edt(nonzero, spacing)[at]
+    distance = _cv2_edt(nonzero)[at].astype(np.float64)
+    # Squared distances between pixel centres are integers, so rounding them undoes
+    # the float32 rounding exactly while they are below 2**22 (24-bit mantissa; ~2000 px).
+    squared = distance * distance
+    exact = squared < 2**22
+    distance[exact] = np.sqrt(np.rint(squared[exact]))
+    return distance * spacing[0]
+
+
+def _band(mask: np.ndarray, width: float, spacing: tuple[float, float]) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` of a pixel outside it."""
+    if spacing[0] != spacing[1]:
+        return mask & (_scipy_edt(mask, spacing) <= width)
+    # d <= w  <=>  d**2 <= m = floor((w / s)**2) for integer d**2; thresholding float32
+    # distances halfway between sqrt(m) and sqrt(m + 1) makes that exact.
+    m = math.floor((width / spacing[0]) ** 2)
+    return mask & (_cv2_edt(mask) <= (math.sqrt(m) + math.sqrt(m + 1)) / 2)
 
 
 def label_boundaries(labels: np.ndarray) -> np.ndarray:
@@ -109,15 +127,14 @@ def _pair(
     box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
     pred, gt = np.pad(pred[box], 1), np.pad(gt[box], 1)
     pred_edge, gt_edge = np.pad(pred_edge[box], 1), np.pad(gt_edge[box], 1)
-    to_gt = _edt(~gt_edge, spacing)[pred_edge]
-    to_pred = _edt(~pred_edge, spacing)[gt_edge]
+    to_gt = _distances(~gt_edge, pred_edge, spacing)
+    to_pred = _distances(~pred_edge, gt_edge, spacing)
     hd = max(to_gt.max(), to_pred.max())
     hd95 = max(np.percentile(to_gt, 95), np.percentile(to_pred, 95))
     assd = (to_gt.sum() + to_pred.sum()) / (to_gt.size + to_pred.size)
     precision, recall = np.mean(to_gt <= tolerance), np.mean(to_pred <= tolerance)
     bf = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    pred_band = pred & (_edt(pred, spacing) <= width)
-    gt_band = gt & (_edt(gt, spacing) <= width)
+    pred_band, gt_band = _band(pred, width, spacing), _band(gt, width, spacing)
     biou = np.count_nonzero(pred_band & gt_band) / np.count_nonzero(pred_band | gt_band)
     return [float(hd), float(hd95), float(assd), float(bf), float(biou)]
 
