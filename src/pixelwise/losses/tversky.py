@@ -140,9 +140,9 @@ class FocalTverskyLoss(nn.Module):
     exponent ``1 / gamma < 1`` lifts small losses more than large ones and steepens the
     gradient as ``TI_c`` nears 1, so training keeps pushing on classes (typically small
     lesions) that are nearly but not quite right. The exponent is ``1/gamma`` as in
-    the paper, which found ``gamma = 4/3`` best. ``gamma = 1`` is the Tversky loss. The paper sums over
-    classes; this averages (like the other region losses) so the scale does not grow
-    with the number of classes.
+    the paper, which found ``gamma = 4/3`` best; ``gamma = 1`` is the Tversky loss. The
+    paper sums over classes; this averages (like the other region losses) so the scale
+    does not grow with the number of classes.
 
     ``1 - TI`` is clamped at the smallest positive float before the power: the
     derivative of ``x ** (1/gamma)`` is infinite at ``x = 0`` (a perfect prediction),
