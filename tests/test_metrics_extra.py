@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from pixelwise.errors import DataError
 from pixelwise.metrics import ConfusionMatrix, PerImageMetrics
-from pixelwise.surface import SCORES, SurfaceMetrics, label_boundaries, surface_scores
+from pixelwise.metrics.surface import SCORES, SurfaceMetrics, label_boundaries, surface_scores
 
 IGNORE = 255
 NAN = math.nan
@@ -234,7 +234,7 @@ def _distributed_worker(rank: int, port: int, pred, target, out_dir: str) -> Non
         for metric in (cm, per_image, surface):
             metric.update(pred[mine], target[mine])
             metric.all_reduce()
-        from pixelwise.coco_eval import CocoMaskAP
+        from pixelwise.metrics.coco import CocoMaskAP
 
         ap = CocoMaskAP()  # one image per process; alone each would score AP = 1
         ap.update(**_FP_CASE[rank])
@@ -424,7 +424,7 @@ def test_surface_metrics_reject_unknown_labels():
 
 
 def test_coco_ap_is_one_when_predictions_equal_ground_truth():
-    from pixelwise.coco_eval import coco_mask_ap
+    from pixelwise.metrics.coco import coco_mask_ap
 
     gt = np.stack([_square(2, 2, 10), _square(20, 20, 40)])  # one small, one medium
     images = [
@@ -441,7 +441,7 @@ def test_coco_ap_is_one_when_predictions_equal_ground_truth():
 
 
 def test_coco_ap_with_a_false_positive_ranked_above_a_true_positive():
-    from pixelwise.coco_eval import CocoMaskAP
+    from pixelwise.metrics.coco import CocoMaskAP
 
     # The worked example is above _FP_CASE: AP = (51 + 50 * 2/3) / 101.
     ap = CocoMaskAP()
@@ -460,7 +460,7 @@ def test_coco_ap_with_a_false_positive_ranked_above_a_true_positive():
 
 
 def test_coco_ap_of_a_half_overlapping_prediction_depends_on_the_threshold():
-    from pixelwise.coco_eval import coco_mask_ap
+    from pixelwise.metrics.coco import coco_mask_ap
 
     # GT 20x20 at column 10; prediction 20x20 shifted 5 columns: IoU = 300/500 = 0.6.
     # It matches at thresholds 0.50, 0.55, 0.60 (3 of 10): AP = 0.3, AP50 = 1, AP75 = 0.
@@ -471,7 +471,7 @@ def test_coco_ap_of_a_half_overlapping_prediction_depends_on_the_threshold():
 
 
 def test_coco_ap_without_predictions_is_zero_and_inputs_are_checked():
-    from pixelwise.coco_eval import CocoMaskAP
+    from pixelwise.metrics.coco import CocoMaskAP
 
     ap = CocoMaskAP()
     with pytest.raises(ValueError, match="no ground-truth"):
@@ -485,7 +485,7 @@ def test_coco_ap_without_predictions_is_zero_and_inputs_are_checked():
 
 
 def test_coco_ap_without_pycocotools_says_how_to_install(monkeypatch):
-    from pixelwise.coco_eval import CocoMaskAP
+    from pixelwise.metrics.coco import CocoMaskAP
 
     monkeypatch.setitem(sys.modules, "pycocotools", None)
     with pytest.raises(ImportError, match=r"pip install pixelwise\[coco\]"):

@@ -1,27 +1,4 @@
-"""Segmentation scores: dataset-level (one confusion matrix) and per-image.
-
-IoU / Jaccard and mean IoU as in the PASCAL VOC challenge (Everingham et al., IJCV
-2010); pixel accuracy, mean accuracy and frequency-weighted IoU as defined in FCN
-(Long et al., "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015);
-F-beta from van Rijsbergen, "Information Retrieval" (1979).
-
-How every mean is taken. For class ``c`` let ``TP_c``, ``GT_c`` (ground-truth pixels of
-``c``) and ``PR_c`` (pixels predicted as ``c``) be counts over the non-ignored pixels.
-
-- :class:`ConfusionMatrix` (the default, *dataset-level*): the counts are summed over
-  the whole dataset first, ``IoU_c = TP_c / (GT_c + PR_c - TP_c)`` on the sums, then
-  ``mIoU = nanmean_c IoU_c``. A class absent from ground truth *and* prediction of the
-  whole dataset is 0/0 = NaN and left out; a class absent from the ground truth but
-  predicted has IoU 0 and counts. This is the convention of MMSegmentation's
-  ``IoUMetric`` (``mmseg/evaluation/metrics/iou_metric.py``: per-image histograms are
-  summed, ``IoU = intersect / union`` on the totals, the summary is ``np.nanmean``), so
-  numbers compare with papers that use it.
-- :class:`PerImageMetrics` (*per-image*): ``IoU_{i,c}`` is computed within image ``i``
-  and is NaN where ``GT_{i,c} = PR_{i,c} = 0`` (class absent from that image's ground
-  truth and prediction). ``IoU_c = mean of IoU_{i,c} over the images where it is not
-  NaN``; ``mIoU = nanmean_c IoU_c``; ``image mIoU = mean_i nanmean_c IoU_{i,c}`` over
-  images with at least one defined class. Small objects weigh as much as large ones.
-"""
+"""Dataset-level scores from one confusion matrix (see :mod:`pixelwise.metrics` for the conventions)."""
 
 from __future__ import annotations
 
@@ -31,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import DataError
+from ..errors import DataError
 
 # The fast counting path bins ``target * K + pred`` directly, so ignored pixels land in
 # bins past ``K * K``; above this many bins the general path is cheaper in memory.
@@ -377,119 +354,3 @@ class ConfusionMatrix:
         )
         return "\n".join(lines)
 
-
-class PerImageMetrics:
-    """IoU and Dice computed within each image, then averaged over images.
-
-    For image ``i`` and class ``c`` (counts within that image, ignored pixels left out):
-    ``IoU_{i,c} = TP / (GT + PR - TP)`` and ``Dice_{i,c} = 2 TP / (GT + PR)``, both NaN
-    when the class is absent from that image's ground truth and prediction. Then
-
-    - ``iou()[c]  = sum_i IoU_{i,c} / n_c``, ``n_c`` = number of images where it is
-      defined (NaN if ``n_c = 0``); ``miou() = nanmean_c iou()[c]``; same for Dice;
-    - ``image_miou() = mean over images of nanmean_c IoU_{i,c}``, over the images with
-      at least one defined class (an image whose pixels are all ignored is skipped).
-
-    Unlike :class:`ConfusionMatrix`, a small object weighs as much as a large one, the
-    usual convention in medical imaging. The state is running sums ``(K,)``, so
-    :meth:`all_reduce` is one ``all_reduce``; it stays in float64 on the CPU.
-
-    Args:
-        num_classes: ``K``; labels must lie in ``[0, K)``.
-        ignore_index: target value to skip; ``None`` counts every pixel.
-    """
-
-    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
-        _check_classes(num_classes)
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        # Rows: sum of IoU, sum of Dice, number of defined images; then per-image means
-        # (sum of image mIoU, sum of image mDice, images with a defined class, images).
-        self._sums = torch.zeros(3, num_classes, dtype=torch.float64)
-        self._images = torch.zeros(4, dtype=torch.float64)
-
-    def __repr__(self) -> str:
-        return f"PerImageMetrics(num_classes={self.num_classes}, images={self.num_images})"
-
-    @property
-    def num_images(self) -> int:
-        """How many images have been counted (including fully ignored ones)."""
-        return int(self._images[3])
-
-    def reset(self) -> None:
-        """Forget every image."""
-        self._sums.zero_()
-        self._images.zero_()
-
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        """Count a batch of ``N`` images: ``pred`` labels ``(N, *S)`` or logits
-        ``(N, K, *S)``, ``target`` labels ``(N, *S)``; one ``bincount`` for the batch."""
-        pred = _as_labels(pred, target, self.num_classes)
-        counts = _count_pairs(pred, target, self.num_classes, self.ignore_index, True)
-        counts = counts.to(device="cpu", dtype=torch.float64)
-        tp = counts.diagonal(dim1=1, dim2=2)
-        gt, pr = counts.sum(dim=2), counts.sum(dim=1)
-        iou, dice = tp / (gt + pr - tp), 2 * tp / (gt + pr)
-        defined = ~iou.isnan()
-        self._sums[0] += iou.nan_to_num(0.0).sum(dim=0)
-        self._sums[1] += dice.nan_to_num(0.0).sum(dim=0)
-        self._sums[2] += defined.sum(dim=0)
-        has_class = defined.any(dim=1)
-        self._images[0] += iou[has_class].nanmean(dim=1).sum()
-        self._images[1] += dice[has_class].nanmean(dim=1).sum()
-        self._images[2] += has_class.sum()
-        self._images[3] += target.shape[0]
-
-    def merge(self, other: PerImageMetrics) -> PerImageMetrics:
-        """Add ``other``'s images to this one (same ``num_classes``); returns ``self``."""
-        if other.num_classes != self.num_classes:
-            raise ValueError(
-                f"cannot merge a PerImageMetrics with num_classes={other.num_classes} into "
-                f"one with num_classes={self.num_classes}"
-            )
-        self._sums += other._sums
-        self._images += other._images
-        return self
-
-    def all_reduce(self) -> PerImageMetrics:
-        """Sum the running sums over all processes (a collective); returns ``self``."""
-        _reduce_sum(self._sums)
-        _reduce_sum(self._images)
-        return self
-
-    def iou(self) -> Tensor:
-        """Per-class IoU ``(K,)`` float64, averaged over the images where it is defined."""
-        return self._sums[0] / self._sums[2]
-
-    def dice(self) -> Tensor:
-        """Per-class Dice ``(K,)`` float64, averaged over the images where it is defined."""
-        return self._sums[1] / self._sums[2]
-
-    def miou(self) -> float:
-        """Mean over classes of :meth:`iou` (classes never defined are left out)."""
-        return float(self.iou().nanmean())
-
-    def mean_dice(self) -> float:
-        """Mean over classes of :meth:`dice`."""
-        return float(self.dice().nanmean())
-
-    def image_miou(self) -> float:
-        """Mean over images of each image's mIoU."""
-        return float(self._images[0] / self._images[2])
-
-    def image_mean_dice(self) -> float:
-        """Mean over images of each image's mean Dice."""
-        return float(self._images[1] / self._images[2])
-
-    def compute(self) -> dict:
-        """``iou``, ``dice`` (per-class lists), ``miou``, ``mean_dice``, ``image_miou``,
-        ``image_mean_dice`` and ``num_images``."""
-        return {
-            "iou": self.iou().tolist(),
-            "dice": self.dice().tolist(),
-            "miou": self.miou(),
-            "mean_dice": self.mean_dice(),
-            "image_miou": self.image_miou(),
-            "image_mean_dice": self.image_mean_dice(),
-            "num_images": self.num_images,
-        }

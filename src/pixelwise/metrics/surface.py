@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .metrics import _as_labels, _check_classes, _reduce_sum
+from .confusion import _as_labels, _check_classes, _reduce_sum
 
 SCORES = ("hausdorff", "hd95", "assd", "boundary_fscore", "boundary_iou")
 _DISTANCES = ("hausdorff", "hd95", "assd")
