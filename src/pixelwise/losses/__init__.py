@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import LOSSES, lookup
+from .adversarial import AdversarialLoss, LabelMapDiscriminator
 from .boundary import BoundaryLoss, HausdorffDTLoss
 from .ce import CrossEntropyLoss
 from .combined import CombinedLoss
@@ -47,6 +48,8 @@ from .topk import OhemCrossEntropyLoss, TopKCrossEntropyLoss
 from .tversky import FocalTverskyLoss, TverskyLoss
 
 __all__ = [
+    "AdversarialLoss",
+    "LabelMapDiscriminator",
     "BoundaryLoss",
     "CombinedLoss",
     "CrossEntropyLoss",
