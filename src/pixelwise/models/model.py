@@ -13,12 +13,15 @@ class SegmentationOutput:
     """What a model returns in training mode when it has extra outputs.
 
     ``logits``: ``(N, C, H, W)`` at input size; ``aux``: auxiliary logits (deep supervision,
-    auxiliary heads), each ``(N, C, H, W)`` at input size, with their loss weights.
+    auxiliary heads), each ``(N, C, H, W)`` at input size, with their loss weights;
+    ``boundary``: a boundary-probability logit map ``(N, 1, H, W)`` for models with a shape
+    stream (Gated-SCNN), trained by a boundary loss of its own.
     """
 
     logits: Tensor
     aux: list[Tensor] = field(default_factory=list)
     aux_weights: list[float] = field(default_factory=list)
+    boundary: Tensor | None = None
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
