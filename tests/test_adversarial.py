@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pixelwise.errors import ConfigError
 from pixelwise.losses import AdversarialLoss, LabelMapDiscriminator

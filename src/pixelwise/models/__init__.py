@@ -8,7 +8,22 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import MODELS, lookup
-from . import deeplab, fcn, pspnet, segnet, unet  # noqa: F401 - registers the architectures
+from . import (  # noqa: F401 - registers the architectures
+    context,
+    deeplab,
+    dense_unet,
+    enet,
+    fcn,
+    fpn,
+    hourglass,
+    lraspp,
+    multiresunet,
+    pspnet,
+    segnet,
+    unet,
+    unet3d,
+    unetplusplus,
+)
 from .model import SegmentationModel, SegmentationOutput
 
 __all__ = ["create_model", "list_models", "model_summary", "SegmentationModel", "SegmentationOutput"]
