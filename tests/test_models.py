@@ -34,6 +34,9 @@ TINY = {
     "hourglass": {"channels": 16, "num_stacks": 2, "depth": 2},
     "fpn": {"encoder": "resnet18", "fpn_channels": 16, "head_channels": 16},
     "lraspp": {"width_mult": 0.25, "inter_channels": 16},
+    "refinenet": {"encoder": "resnet18", "channels": 16, "coarse_channels": 32, "crp_stages": 2},
+    "fastfcn": {"encoder": "resnet18", "jpu_channels": 16, "head_channels": 32},
+    "gscnn": {"encoder": "resnet18", "channels": 32},
 }
 VOLUMETRIC = {"unet3d"}  # tested on (N, C, D, H, W) inputs in test_zoo_unet.py
 
@@ -49,9 +52,13 @@ def test_forward_any_size_and_backward(name, size):
     x = torch.randn(2, 3, *size, requires_grad=True)
     y = model(x)
     if isinstance(y, SegmentationOutput):  # training-mode extras are well-formed
-        assert len(y.aux) == len(y.aux_weights) >= 1
+        assert len(y.aux) == len(y.aux_weights)
+        assert len(y.aux) >= 1 or y.boundary is not None
         assert all(a.shape == (2, 3, *size) for a in y.aux)
         total = y.logits.square().mean() + sum(a.square().mean() for a in y.aux)
+        if y.boundary is not None:
+            assert y.boundary.shape == (2, 1, *size)
+            total = total + y.boundary.square().mean()
         y = y.logits
     else:
         total = y.square().mean()

@@ -55,4 +55,10 @@ CATALOG: dict[str, dict] = {
             "encoders": "any timm / tv: encoder with strides 4-32 (undilated)"},
     "lraspp": {"paper": "Howard et al., ICCV 2019 (arXiv:1905.02244)", "canonical": {"num_classes": 21},
                "encoders": "dilated MobileNetV3-Large (torchvision layout, loads its weight files) only"},
+    "refinenet": {"paper": "Lin et al., CVPR 2017 (arXiv:1611.06612)", "canonical": {"num_classes": 21},
+                  "encoders": "any encoder with 4+ stages at output stride 32; default resnet101"},
+    "fastfcn": {"paper": "Wu et al. 2019 (arXiv:1903.11816)", "canonical": {"num_classes": 21},
+                "encoders": "any encoder whose last three stages are at strides 8/16/32; default resnet50"},
+    "gscnn": {"paper": "Takikawa et al., ICCV 2019 (arXiv:1907.05740)", "canonical": {"num_classes": 19},
+              "encoders": "any encoder with a stride-4 stage, dilated to output stride 8; default resnet50"},
 }

@@ -25,7 +25,8 @@ Differences from the paper, on purpose:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,7 @@ class ShapeStream(nn.Module):
         # Each deeper feature is squeezed to one channel: the GCL needs "where", not "what".
         self.gate_inputs = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in gate_channels)
         self.blocks = nn.ModuleList(ResidualBlock(w) for w in widths[:-1])
-        self.reduce = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths[:-1], widths[1:]))
+        self.reduce = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in pairwise(widths))
         self.gates = nn.ModuleList(GatedConv(w, residual=residual_gates) for w in widths[1:])
         self.out = nn.Conv2d(widths[-1], 1, 1)
 
