@@ -296,3 +296,23 @@ def test_recurrent_conv_reuses_one_convolution():
     expected = conv(x + conv(x + conv(x)))  # h0 = f(x); h1 = f(x + h0); h2 = f(x + h1)
     assert torch.allclose(rc(x), expected)
     assert sum(p.numel() for p in rc.parameters()) == 3 * 3 * 9 + 3
+
+
+def test_flop_count_of_the_paper_unet_matches_an_analytic_count():
+    from pixelwise.models.stats import canonical_stats
+
+    s = 64  # 1 x 1 x 64 x 64, 2 classes: count 2 * C_in * C_out * k^2 per output pixel by hand
+    widths = [64, 128, 256, 512, 1024]
+    flops = 2 * (1 * 64 + 64 * 64) * 9 * s * s
+    for i, (a, b) in enumerate(zip(widths, widths[1:]), start=1):
+        r = s // 2**i
+        flops += 2 * (a * b + b * b) * 9 * r * r
+    for i, (a, b) in enumerate(zip(widths[::-1], widths[-2::-1])):
+        r_in = s // 2 ** (4 - i)
+        flops += 2 * a * b * 4 * r_in * r_in  # 2x2 up-convolution: every input pixel feeds 4 outputs
+        r_out = 2 * r_in
+        flops += 2 * (2 * b * b + b * b) * 9 * r_out * r_out
+    flops += 2 * 64 * 2 * s * s
+    stats = canonical_stats("unet", size=s)
+    assert stats["gflops"] * 1e9 == pytest.approx(flops, rel=1e-9)
+    assert stats["params"] == 31_030_658

@@ -55,19 +55,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .encoders import list_encoders
-    from .models import create_model, list_models
+    from .models import list_models
     from .models.catalog import CATALOG
+    from .models.stats import canonical_stats
 
     for name in list_models():
         info = CATALOG.get(name, {})
-        line = f"{name:10s} {info.get('paper', '')}"
-        if args.params:
-            kwargs = info.get("canonical", {"num_classes": 2})
-            model = create_model(name, **kwargs)
-            n = sum(p.numel() for p in model.parameters())
-            shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-            line += f"\n{'':10s} {n:,} parameters ({n / 1e6:.2f} M) with {shown}"
-        line += f"\n{'':10s} encoders: {info.get('encoders', '')}"
+        line = f"{name:16s} {info.get('paper', '')}"
+        if args.params or args.flops:
+            stats = canonical_stats(name, flops=args.flops)
+            shown = ", ".join(f"{k}={v}" for k, v in stats["config"].items())
+            line += f"\n{'':16s} {stats['params']:,} parameters ({stats['params'] / 1e6:.2f} M) with {shown}"
+            if args.flops:
+                line += f"\n{'':16s} {stats['gflops']:.1f} GFLOPs on {stats['input']}"
+        line += f"\n{'':16s} encoders: {info.get('encoders', '')}"
         print(line)
     if args.encoders:
         for source, names in list_encoders().items():
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list architectures (and encoders)")
     p.add_argument("--params", action="store_true", help="build each canonical model and count parameters")
+    p.add_argument("--flops", action="store_true", help="also count FLOPs at 512x512 (slow: minutes on a CPU)")
     p.add_argument("--encoders", action="store_true", help="also list encoder names")
     p.set_defaults(func=_cmd_models)
 
