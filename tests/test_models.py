@@ -37,6 +37,7 @@ TINY = {
     "refinenet": {"encoder": "resnet18", "channels": 16, "coarse_channels": 32, "crp_stages": 2},
     "fastfcn": {"encoder": "resnet18", "jpu_channels": 16, "head_channels": 32},
     "gscnn": {"encoder": "resnet18", "channels": 32},
+    "fcn_dilated": {"encoder": "resnet18"},
 }
 VOLUMETRIC = {"unet3d"}  # tested on (N, C, D, H, W) inputs in test_zoo_unet.py
 
@@ -228,6 +229,15 @@ def test_deeplabv3plus_decoder_fuses_stride4_features():
         assert model.decoder(feats).shape == (1, 256, 16, 16)  # stride 4
     with pytest.raises(ConfigError, match="output_stride must be 8 or 16"):
         create_model("deeplabv3plus", num_classes=3, encoder="resnet18", output_stride=32)
+
+
+def test_fcn_dilated_matches_torchvision_fcn_resnet50_parameter_count():
+    import torchvision
+
+    model = create_model("fcn_dilated", num_classes=21)
+    reference = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=21,
+                                                             aux_loss=True)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters()) == 35_322_218
 
 
 def test_deeplabv1_largefov_matches_the_papers_parameter_count():

@@ -15,6 +15,7 @@ from . import (  # noqa: F401 - registers the architectures
     enet,
     fastfcn,
     fcn,
+    fcn_dilated,
     fpn,
     gscnn,
     hourglass,

@@ -61,4 +61,7 @@ CATALOG: dict[str, dict] = {
                 "encoders": "any encoder whose last three stages are at strides 8/16/32; default resnet50"},
     "gscnn": {"paper": "Takikawa et al., ICCV 2019 (arXiv:1907.05740)", "canonical": {"num_classes": 19},
               "encoders": "any encoder with a stride-4 stage, dilated to output stride 8; default resnet50"},
+    "fcn_dilated": {"paper": "torchvision fcn_resnet50 / MMSegmentation fcn_r50-d8 (after Long et al. 2015)",
+                    "canonical": {"num_classes": 21},
+                    "encoders": "any timm (dilated to output stride 8), tv: Bottleneck ResNets; default resnet50"},
 }
