@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import MODELS, register
-from .model import pad_to_multiple
 
 # Stage 2 (and 3, without its downsampling block) of Table 1: (kind, dilation or kernel).
 STAGE2_PLAN = [("regular", 1), ("dilated", 2), ("asymmetric", 5), ("dilated", 4),
@@ -99,7 +98,6 @@ class DownsamplingBottleneck(nn.Module):
         super().__init__()
         inner = max(out_channels // 4, 1)
         self.extra = out_channels - in_channels
-        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
         self.branch = nn.Sequential(
             nn.Conv2d(in_channels, inner, 2, stride=2, bias=False), nn.BatchNorm2d(inner), nn.PReLU(inner),
             nn.Conv2d(inner, inner, 3, padding=1, bias=False), nn.BatchNorm2d(inner), nn.PReLU(inner),
@@ -109,9 +107,21 @@ class DownsamplingBottleneck(nn.Module):
         self.act = nn.PReLU(out_channels)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        shortcut, indices = self.pool(x)
+        shortcut, indices = max_pool_with_indices(x)
         shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.extra))  # zero feature maps, no parameters
         return self.act(shortcut + self.branch(x)), indices
+
+
+def max_pool_with_indices(x: Tensor) -> tuple[Tensor, Tensor]:
+    """2×2 stride-2 max-pool of ``(N, C, H, W)`` (H, W even) returning ``F.max_pool2d``'s flat
+    argmax indices too, computed from a reshape so it exports to ONNX: ONNX Runtime rejects the
+    graph the exporter makes for ``max_pool2d_with_indices`` when the indices feed a scatter."""
+    n, c, h, w = x.shape
+    windows = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    values, arg = windows.max(dim=-1)  # first maximum in row-major window order, as max_pool2d picks
+    rows = torch.arange(h // 2, device=x.device).view(1, 1, -1, 1) * 2 + arg // 2
+    cols = torch.arange(w // 2, device=x.device).view(1, 1, 1, -1) * 2 + arg % 2
+    return values, rows * w + cols
 
 
 def max_unpool(x: Tensor, indices: Tensor) -> Tensor:
@@ -187,7 +197,9 @@ class ENet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        x = self.initial(pad_to_multiple(x, 8))
+        # Replicate, not zero, padding: ONNX Runtime fuses a zero Pad into the initial block's
+        # MaxPool and then rejects pads larger than the 2x2 kernel (odd input sizes failed).
+        x = self.initial(F.pad(x, (0, (-w) % 8, 0, (-h) % 8), mode="replicate"))
         x, idx1 = self.down1(x)
         x = self.stage1(x)
         x, idx2 = self.down2(x)
