@@ -53,6 +53,35 @@ def _check_common(
     if not (smooth >= 0 and eps > 0):
         raise ConfigError(f"{owner}: need smooth >= 0 and eps > 0 but got {smooth=}, {eps=}")
 
+def _configure(module: nn.Module, owner: str, *, mode: str, ignore_index: int | None, alpha: float, beta: float,
+               smooth: float, classes: list[int] | None, class_weights: list[float] | None, per_image: bool,
+               from_logits: bool, eps: float) -> None:
+    """Check and store the options both Tversky losses share (error messages name ``owner``)."""
+    _check_common(mode=mode, alpha=alpha, beta=beta, smooth=smooth, eps=eps, owner=owner)
+    check_class_options(classes, class_weights, mode=mode, owner=owner)
+    module.owner = owner
+    module.mode = mode
+    module.ignore_index = ignore_index
+    module.alpha, module.beta = float(alpha), float(beta)
+    module.smooth = float(smooth)
+    module.classes = None if classes is None else list(classes)
+    module.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+    module.per_image = per_image
+    module.from_logits = from_logits
+    module.eps = float(eps)
+
+
+def _class_index(module: nn.Module, logits: Tensor, target: Tensor) -> Tensor:
+    """Per-class (or per-image-and-class) Tversky index for a module set up by :func:`_configure`."""
+    probs, truth, _ = region_inputs(
+        logits, target, mode=module.mode, ignore_index=module.ignore_index,
+        from_logits=module.from_logits, owner=module.owner,
+    )
+    return tversky_index(
+        probs, truth, alpha=module.alpha, beta=module.beta, smooth=module.smooth,
+        eps=module.eps, per_image=module.per_image,
+    )
+
 
 @register(LOSSES, "tversky")
 class TverskyLoss(nn.Module):
@@ -98,18 +127,9 @@ class TverskyLoss(nn.Module):
         eps: float = 1e-7,
     ) -> None:
         super().__init__()
-        owner = "TverskyLoss"
-        _check_common(mode=mode, alpha=alpha, beta=beta, smooth=smooth, eps=eps, owner=owner)
-        check_class_options(classes, class_weights, mode=mode, owner=owner)
-        self.mode = mode
-        self.ignore_index = ignore_index
-        self.alpha, self.beta = float(alpha), float(beta)
-        self.smooth = float(smooth)
-        self.classes = None if classes is None else list(classes)
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
-        self.per_image = per_image
-        self.from_logits = from_logits
-        self.eps = float(eps)
+        _configure(self, "TverskyLoss", mode=mode, ignore_index=ignore_index, alpha=alpha, beta=beta, smooth=smooth,
+                   classes=classes, class_weights=class_weights, per_image=per_image, from_logits=from_logits,
+                   eps=eps)
 
     def extra_repr(self) -> str:
         return (
@@ -119,17 +139,8 @@ class TverskyLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss in ``[0, 1]``."""
-        probs, truth, _ = region_inputs(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index,
-            from_logits=self.from_logits, owner="TverskyLoss",
-        )
-        index = tversky_index(
-            probs, truth, alpha=self.alpha, beta=self.beta, smooth=self.smooth,
-            eps=self.eps, per_image=self.per_image,
-        )
-        return 1.0 - class_mean(
-            index, classes=self.classes, class_weights=self.class_weights, owner="TverskyLoss"
-        )
+        index = _class_index(self, logits, target)
+        return 1.0 - class_mean(index, classes=self.classes, class_weights=self.class_weights, owner=self.owner)
 
 
 @register(LOSSES, "focal_tversky")
@@ -168,22 +179,14 @@ class FocalTverskyLoss(nn.Module):
         eps: float = 1e-7,
     ) -> None:
         super().__init__()
-        owner = "FocalTverskyLoss"
-        _check_common(mode=mode, alpha=alpha, beta=beta, smooth=smooth, eps=eps, owner=owner)
+        _configure(self, "FocalTverskyLoss", mode=mode, ignore_index=ignore_index, alpha=alpha, beta=beta,
+                   smooth=smooth, classes=classes, class_weights=class_weights, per_image=per_image,
+                   from_logits=from_logits, eps=eps)
         if not gamma > 0:
             raise ConfigError(
-                f"{owner}: gamma must be > 0 but got {gamma!r}; the paper uses 1 to 3 (4/3 best)"
+                f"FocalTverskyLoss: gamma must be > 0 but got {gamma!r}; the paper uses 1 to 3 (4/3 best)"
             )
-        check_class_options(classes, class_weights, mode=mode, owner=owner)
-        self.mode = mode
-        self.ignore_index = ignore_index
-        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
-        self.smooth = float(smooth)
-        self.classes = None if classes is None else list(classes)
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
-        self.per_image = per_image
-        self.from_logits = from_logits
-        self.eps = float(eps)
+        self.gamma = float(gamma)
 
     def extra_repr(self) -> str:
         return (
@@ -193,14 +196,7 @@ class FocalTverskyLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss in ``[0, 1]``."""
-        probs, truth, _ = region_inputs(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index,
-            from_logits=self.from_logits, owner="FocalTverskyLoss",
-        )
-        index = tversky_index(
-            probs, truth, alpha=self.alpha, beta=self.beta, smooth=self.smooth,
-            eps=self.eps, per_image=self.per_image,
-        )
+        index = _class_index(self, logits, target)
         tiny = torch.finfo(index.dtype).tiny
         focal = (1.0 - index).clamp_min(tiny) ** (1.0 / self.gamma)
         return class_mean(
