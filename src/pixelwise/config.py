@@ -36,7 +36,9 @@ class DataCfg:
     """Where the images come from and how they are prepared.
 
     ``dataset`` is ``synthetic`` (the embedded default, generated from ``seed``) or
-    ``folder`` (``root/<split>/images`` + ``root/<split>/masks`` matched by file stem).
+    ``folder`` (``root/<split>/images`` + ``root/<split>/masks`` matched by file stem),
+    or any reader registered in ``registry.DATASETS``; ``args`` holds that reader's own
+    keyword options (e.g. ``reduce_zero_label`` for ADE20K).
     """
 
     dataset: str = "synthetic"
@@ -55,6 +57,7 @@ class DataCfg:
     train_samples: int = 512
     val_samples: int = 64
     seed: int = 0
+    args: dict = field(default_factory=dict)
 
 
 @dataclass
