@@ -8,10 +8,14 @@ Public API::
 
 from __future__ import annotations
 
+from . import losses
+from .compat import FPN, DeepLabV3, DeepLabV3Plus, PSPNet, Unet, UnetPlusPlus
 from .engine.checkpoint import load_model as load
 from .engine.checkpoint import save_model as save
 from .models import create_model, list_models
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "load", "save", "__version__"]
+__all__ = ["create_model", "list_models", "load", "save", "losses", "__version__",
+           # segmentation_models.pytorch-style constructors (pixelwise.compat)
+           "Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus"]

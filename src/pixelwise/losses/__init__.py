@@ -47,7 +47,15 @@ from .sensitivity_specificity import SensitivitySpecificityLoss
 from .topk import OhemCrossEntropyLoss, TopKCrossEntropyLoss
 from .tversky import FocalTverskyLoss, TverskyLoss
 
+# smp's mode constants, so `smp.losses.DiceLoss(smp.losses.MULTICLASS_MODE)` ports unchanged.
+BINARY_MODE = "binary"
+MULTICLASS_MODE = "multiclass"
+MULTILABEL_MODE = "multilabel"
+
 __all__ = [
+    "BINARY_MODE",
+    "MULTICLASS_MODE",
+    "MULTILABEL_MODE",
     "AdversarialLoss",
     "LabelMapDiscriminator",
     "BoundaryLoss",

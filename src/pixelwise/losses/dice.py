@@ -63,8 +63,8 @@ class DiceLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         smooth: float = 1.0,
         squared: bool = False,

@@ -52,8 +52,8 @@ class FocalLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         alpha: float | list[float] | None = None,
         gamma: float = 2.0,

@@ -166,8 +166,8 @@ class JaccardLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         smooth: float = 1.0,
         classes: list[int] | None = None,

@@ -93,8 +93,8 @@ class LovaszLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         classes: str | list[int] = "present",
         per_image: bool = False,

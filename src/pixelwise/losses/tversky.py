@@ -114,8 +114,8 @@ class TverskyLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         alpha: float = 0.3,
         beta: float = 0.7,
@@ -165,8 +165,8 @@ class FocalTverskyLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         alpha: float = 0.3,
         beta: float = 0.7,
