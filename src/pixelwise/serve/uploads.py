@@ -1,0 +1,105 @@
+"""Turning untrusted request bytes into an RGB array, or into a clean 4xx error.
+
+Everything here assumes the bytes come from a stranger: the type is decided by the
+content (magic bytes, via PIL's header parser) and never by the file name or the
+Content-Type header; the pixel count is checked from the header *before* decoding, so a
+tiny PNG that claims 100k × 100k pixels (a decompression bomb) costs nothing; nothing is
+written to disk and nothing is unpickled or evaluated.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
+
+from ..data.io import decode_image
+from ..errors import DataError
+
+__all__ = ["ServeLimits", "RequestError", "ALLOWED_FORMATS", "decode_upload"]
+
+# PIL format names accepted from clients. GIF/ICO/PSD/EPS... are refused: not photos,
+# and each extra decoder is extra attack surface.
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+# Signatures of those formats, to tell "not an image" (415) from "a broken image" (400).
+_MAGIC = re.compile(rb"\x89PNG\r\n\x1a\n|\xff\xd8\xff|BM|II\*\x00|MM\x00\*|RIFF....WEBP", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Bounds that keep the server up under hostile or simply heavy traffic.
+
+    Attributes:
+        max_bytes: largest accepted upload (HTTP 413 above it).
+        max_pixels: largest accepted width × height, checked from the header (413).
+        workers: requests segmented at the same time (each holds one image in memory).
+        max_queue: requests allowed to wait for a worker; more get HTTP 503 at once.
+        timeout_s: a request not answered within this time gets HTTP 504.
+        max_tile: largest sliding-window tile a client may ask for.
+    """
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    workers: int = 1
+    max_queue: int = 8
+    timeout_s: float = 60.0
+    max_tile: int = 2048
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class RequestError(Exception):
+    """A client error that becomes ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def decode_upload(data: bytes, limits: ServeLimits) -> np.ndarray:
+    """Validate and decode uploaded image bytes. Returns ``(H, W, 3)`` uint8 RGB.
+
+    Raises :class:`RequestError`: 400 (empty, zero-size, corrupt or truncated image),
+    413 (too many bytes or pixels), 415 (not an image, or a format not in
+    :data:`ALLOWED_FORMATS`).
+    """
+    if not data:
+        raise RequestError(400, "empty_body", "the request holds no image; send the file as the multipart field "
+                                              "'image' or as the raw request body")
+    if len(data) > limits.max_bytes:
+        raise RequestError(413, "too_large", f"the upload has {len(data)} bytes; the limit is {limits.max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # parses the header only
+            fmt, (width, height) = probe.format, probe.size
+    except DecompressionBombError as err:
+        raise RequestError(413, "too_many_pixels", f"{err}; the limit is {limits.max_pixels} pixels") from None
+    except UnidentifiedImageError:
+        if _MAGIC.match(data[:12]):  # it says PNG/JPEG/... but its header is invalid (e.g. 0 × N pixels)
+            raise RequestError(400, "corrupt_image", "the file starts like an image but its header is invalid "
+                                                     "(zero width or height, or damaged); re-export it") from None
+        raise RequestError(415, "not_an_image", "the uploaded bytes are not an image; send a PNG, JPEG, BMP, TIFF "
+                                                "or WebP file") from None
+    except Exception as err:  # a header so broken that PIL's parser itself fails
+        raise RequestError(400, "corrupt_image", f"the image header cannot be read ({type(err).__name__}: {err})") \
+            from None
+    if fmt not in ALLOWED_FORMATS:
+        raise RequestError(415, "unsupported_type", f"{fmt} images are not accepted; send one of "
+                                                    f"{', '.join(ALLOWED_FORMATS)}")
+    if width <= 0 or height <= 0:
+        raise RequestError(400, "empty_image", f"the image is {width}×{height} pixels; it has no pixels to segment")
+    if width * height > limits.max_pixels:
+        raise RequestError(413, "too_many_pixels", f"the image is {width}×{height} = {width * height} pixels; the "
+                                                   f"limit is {limits.max_pixels} (resize it, or raise --max-pixels)")
+    try:
+        image = decode_image(data, "upload")
+    except DataError as err:
+        raise RequestError(400, "corrupt_image", str(err)) from None
+    if image.shape[:2] != (height, width):  # a decoder disagreeing with the header is a broken file
+        raise RequestError(400, "corrupt_image", f"the header says {width}×{height} but the pixels decode as "
+                                                 f"{image.shape[1]}×{image.shape[0]}")
+    return image
