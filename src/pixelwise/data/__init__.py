@@ -13,6 +13,15 @@ from ..config import DataCfg
 from ..errors import ConfigError
 from ..registry import DATASETS, lookup
 from . import folder as _folder  # noqa: F401 - registers "folder"
+from . import coco as _coco  # registers "coco"
+from . import rle as _rle  # noqa: F401 - registers "rle_csv"
+from . import volume as _volume  # registers "volume"
+from . import ade20k as _ade20k  # registers "ade20k"
+from . import camvid as _camvid  # registers "camvid"
+from . import cityscapes as _cityscapes  # registers "cityscapes"
+from . import kitti as _kitti  # registers "kitti_road"
+from . import labelme as _labelme  # registers "labelme"
+from . import voc as _voc  # registers "voc", "voc_aug", "sbd"
 from . import synthetic as _synthetic
 from .folder import FolderDataset
 from .io import colorize, default_palette, overlay, read_image, read_mask, write_image, write_mask
@@ -44,4 +53,13 @@ def class_names(cfg: DataCfg) -> list[str]:
         return [str(n) for n in cfg.class_names]
     if cfg.dataset == "synthetic":
         return list(_synthetic.CLASS_NAMES)
+    if cfg.dataset == "coco":
+        return _coco.coco_class_names(cfg)
+    if cfg.dataset == "volume" and (names := _volume.volume_class_names(cfg)) is not None:
+        return names
+    standard = {"voc": _voc.class_names, "voc_aug": _voc.class_names, "sbd": _voc.class_names,
+                "cityscapes": _cityscapes.class_names, "camvid": _camvid.class_names, "kitti_road": _kitti.class_names,
+                "ade20k": _ade20k.class_names, "labelme": _labelme.class_names}
+    if cfg.dataset in standard:
+        return standard[cfg.dataset](cfg)
     return [f"class_{i}" for i in range(cfg.num_classes)]
