@@ -2,8 +2,9 @@
 
 Public API::
 
-    from pixelwise import create_model, list_models, load, save
+    from pixelwise import Segmenter, create_model, list_models, load, save
     model = create_model("unet", encoder=None, in_channels=1, num_classes=2)
+    seg = Segmenter.from_pretrained("runs/demo/best"); result = seg("image.png", tile=512)
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from .compat import FPN, DeepLabV3, DeepLabV3Plus, PSPNet, Unet, UnetPlusPlus
 from .engine.checkpoint import load_model as load
 from .engine.checkpoint import save_model as save
 from .models import create_model, list_models
+from .segmenter import Segmenter, SegmentResult
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "load", "save", "losses", "__version__",
+__all__ = ["create_model", "list_models", "load", "save", "losses", "Segmenter", "SegmentResult", "__version__",
            # segmentation_models.pytorch-style constructors (pixelwise.compat)
            "Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus"]

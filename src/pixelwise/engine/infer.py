@@ -1,9 +1,20 @@
-"""Prediction: images in, label maps (and coloured masks and overlays) out."""
+"""Prediction: images in, label maps (and coloured masks, overlays, run-length files) out.
+
+The pieces: :func:`model_function` wraps a model with device transfer, autocast and
+channels_last; :func:`~pixelwise.engine.sliding.sliding_window` and
+:func:`~pixelwise.engine.tta.predict_probs` do tiling and test-time augmentation;
+:class:`pixelwise.Segmenter` holds a saved model with its preprocessing; :func:`predict_paths`
+is ``pixelwise predict``: files and folders in, one set of output files per image out.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,30 +22,60 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.folder import IMAGE_SUFFIXES
-from ..data.io import colorize, default_palette, overlay, read_image, write_image, write_mask
-from ..errors import DataError
-from .checkpoint import load_model
+from ..data.io import _atomic_write, write_image, write_mask
+from ..errors import ConfigError, DataError
 from .evaluate import autocast
+from .sliding import ModelFn
+from .tta import TTA, predict_probs
+
+FORMATS = ("png", "color", "overlay", "coco-rle", "csv-rle")
+COCO_FILE, CSV_FILE = "predictions_coco.json", "predictions_rle.csv"
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32, ``(x / 255 - mean) / std``."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-    return (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    """``(H, W, C)`` uint8 -> ``(C, H, W)`` float32, ``(x / 255 - mean) / std``."""
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:  # torch.from_numpy warns on read-only arrays (PIL, np.broadcast_to)
+        image = image.copy()
+    x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+    return x.sub_(torch.tensor(mean).view(-1, 1, 1)).div_(torch.tensor(std).view(-1, 1, 1))
+
+
+def model_function(model: nn.Module, *, device: torch.device | str = "cpu", amp: str = "none",
+                   channels_last: bool = False) -> ModelFn:
+    """``model`` as a function ``(N, C, H, W) -> (N, K, H, W)`` float32 logits that moves its
+    input to ``device``, runs under autocast (``amp`` = none | bf16 | fp16) and, with
+    ``channels_last``, hands the network NHWC (NDHWC for volumes) tensors.
+
+    The model itself should already be on ``device`` (and in channels_last, if asked).
+    """
+    device = torch.device(device)
+    autocast(device, amp)  # fail now, not at the first tile, on a bad amp/device pair
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+        with autocast(device, amp):
+            out = model(x)
+        return out.float()
+
+    return run
 
 
 @torch.no_grad()
 def predict_image(model: nn.Module, image: np.ndarray, *, mean: Sequence[float], std: Sequence[float],
-                  device: torch.device | str = "cpu", amp: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """Segment one ``(H, W, 3)`` uint8 RGB image.
+                  device: torch.device | str = "cpu", amp: str = "none", channels_last: bool = False,
+                  tile: int | None = None, overlap: float = 0.25, tta: bool | str | dict | TTA | None = None,
+                  batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Segment one ``(H, W, 3)`` uint8 RGB image (optionally tiled and with TTA).
 
     Returns ``(labels (H, W) int64, probabilities (C, H, W) float32)``.
     """
     device = torch.device(device)
     x = normalize(image, mean, std)[None].to(device)
-    with autocast(device, amp):
-        logits = model(x)
-    probs = logits.float().softmax(1)[0]
+    fn = model_function(model, device=device, amp=amp, channels_last=channels_last)
+    probs = predict_probs(fn, x, tta=tta, tile=tile, overlap=overlap, batch_size=batch_size)[0]
     return probs.argmax(0).cpu().numpy(), probs.cpu().numpy()
 
 
@@ -55,30 +96,110 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
-def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: str | Path, *,
-                  device: str = "cpu", amp: str = "none", progress: bool = True) -> dict[str, list]:
-    """Segment image files/folders with a saved model and write, per image ``NAME``:
-    ``NAME.png`` (palette PNG of class indices), ``NAME_color.png`` and ``NAME_overlay.png``.
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """``"png,color"`` or ``["png", "color"]`` -> a checked tuple of output formats."""
+    items = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown or not items:
+        raise ConfigError(f"output format(s) {unknown or items} not known; choose from {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(items))
 
-    A file that cannot be read is reported and skipped; outputs already written stay.
-    Returns ``{"written": [names], "failed": [(path, reason)]}``.
+
+def coco_rle_entries(labels: np.ndarray, probs: np.ndarray | None, *, image_id: int, file_name: str,
+                     class_names: Sequence[str], ignore_index: int = 255) -> list[dict[str, Any]]:
+    """COCO results-style records, one per foreground class present in ``labels`` (class 0 is
+    background): ``{"image_id", "file_name", "category_id", "category_name", "segmentation":
+    {"size": [H, W], "counts": str}, "score"}``; ``score`` is the mean probability of the class
+    over its pixels (1.0 without ``probs``)."""
+    try:
+        from pycocotools import mask as mask_util
+    except ImportError:
+        raise ConfigError("the coco-rle output needs pycocotools: pip install 'pixelwise[coco]'") from None
+    entries = []
+    for c in np.unique(labels):
+        c = int(c)
+        if c == 0 or c == ignore_index:
+            continue
+        binary = labels == c
+        rle = mask_util.encode(np.asfortranarray(binary.astype(np.uint8)))
+        score = float(probs[c][binary].mean()) if probs is not None else 1.0
+        entries.append({"image_id": image_id, "file_name": file_name, "category_id": c,
+                        "category_name": class_names[c] if c < len(class_names) else str(c),
+                        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                        "score": round(score, 6)})
+    return entries
+
+
+def csv_rle_rows(labels: np.ndarray, *, image_name: str, num_classes: int, ignore_index: int = 255) -> list[list[str]]:
+    """Competition rows ``[ImageId, ClassId, EncodedPixels]``, one per foreground class
+    ``1 .. num_classes - 1`` (empty ``EncodedPixels`` for an absent class); column-major,
+    1-based runs as in :mod:`pixelwise.data.rle`."""
+    from ..data.rle import rle_encode
+
+    return [[image_name, str(c), rle_encode(labels == c)]
+            for c in range(1, num_classes) if c != ignore_index]
+
+
+def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: str | Path, *,
+                  device: str = "cpu", amp: str = "none", channels_last: bool = False, tile: int | None = None,
+                  overlap: float = 0.25, tta: bool | str | dict | TTA | None = None, crf: bool = False,
+                  batch_size: int = 4, formats: str | Sequence[str] = ("png", "color", "overlay"),
+                  backend: str = "torch", progress: bool = True) -> dict[str, Any]:
+    """Segment image files/folders with a saved model. Per image ``NAME`` it writes, by format:
+
+    - ``png``: ``NAME.png``, palette PNG whose pixel values are the class indices;
+    - ``color``: ``NAME_color.png``, the class colours; ``overlay``: ``NAME_overlay.png``;
+    - ``coco-rle``: records in ``predictions_coco.json`` (see :func:`coco_rle_entries`);
+    - ``csv-rle``: rows in ``predictions_rle.csv`` (see :func:`csv_rle_rows`).
+
+    A file that cannot be read is reported and skipped; outputs already written stay (the CSV
+    is flushed row by row, the COCO JSON is written even if the run is interrupted).
+    Returns ``{"written": [names], "failed": [(path, reason)], "files": [summary files]}``.
     """
-    model, config = load_model(model_dir, device=device)
-    data = config["data"]
-    palette = default_palette(max(256, data["num_classes"]))
+    from ..segmenter import Segmenter, to_rgb
+
+    formats = parse_formats(formats)
+    seg = Segmenter.from_pretrained(model_dir, device=device, amp=amp, channels_last=channels_last, backend=backend)
+    ignore_index = int(seg.config.get("data", {}).get("ignore_index", 255))
+    paths = expand_inputs(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
-    for path in tqdm(expand_inputs(inputs), desc="predict", disable=not progress):
-        try:
-            image = read_image(path)
-        except DataError as err:
-            failed.append((str(path), str(err)))
-            tqdm.write(f"skipped: {err}")
-            continue
-        labels, _ = predict_image(model, image, mean=data["mean"], std=data["std"], device=device, amp=amp)
-        write_mask(out / f"{path.stem}.png", labels, palette)
-        write_image(out / f"{path.stem}_color.png", colorize(labels, palette))
-        write_image(out / f"{path.stem}_overlay.png", overlay(image, labels, palette))
-        written.append(path.stem)
-    return {"written": written, "failed": failed}
+    written: list[str] = []
+    failed: list[tuple[str, str]] = []
+    coco: list[dict[str, Any]] = []
+    files: list[str] = []
+    with contextlib.ExitStack() as stack:
+        csv_writer = None
+        if "csv-rle" in formats:
+            csv_handle = stack.enter_context(open(out / CSV_FILE, "w", newline=""))
+            csv_writer = csv.writer(csv_handle)
+            csv_writer.writerow(["ImageId", "ClassId", "EncodedPixels"])
+            files.append(str(out / CSV_FILE))
+        if "coco-rle" in formats:
+            # Registered callbacks run on every exit, an interrupt included: finished images are kept.
+            stack.callback(lambda: _atomic_write(out / COCO_FILE, json.dumps(coco).encode()))
+            files.append(str(out / COCO_FILE))
+        for index, path in enumerate(tqdm(paths, desc="predict", disable=not progress)):
+            try:
+                image = to_rgb(path)
+            except DataError as err:
+                failed.append((str(path), str(err)))
+                tqdm.write(f"skipped: {err}")
+                continue
+            result = seg(image, tile=tile, overlap=overlap, tta=tta, crf=crf, batch_size=batch_size,
+                         return_probs="coco-rle" in formats)
+            if "png" in formats:
+                write_mask(out / f"{path.stem}.png", result.labels, seg.palette)
+            if "color" in formats:
+                write_image(out / f"{path.stem}_color.png", result.colorize())
+            if "overlay" in formats:
+                write_image(out / f"{path.stem}_overlay.png", result.overlay(image))
+            if "coco-rle" in formats:
+                coco += coco_rle_entries(result.labels, result.probs, image_id=index, file_name=path.name,
+                                         class_names=seg.class_names, ignore_index=ignore_index)
+            if csv_writer is not None:
+                csv_writer.writerows(csv_rle_rows(result.labels, image_name=path.name,
+                                                  num_classes=len(seg.class_names), ignore_index=ignore_index))
+                csv_handle.flush()
+            written.append(path.stem)
+    return {"written": written, "failed": failed, "files": files}

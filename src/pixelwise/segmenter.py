@@ -1,0 +1,270 @@
+"""``Segmenter``: a saved model with its preprocessing, class names and colours, ready to use.
+
+    seg = Segmenter.from_pretrained("runs/demo/best")
+    result = seg("photo.jpg", tile=512, tta="flip")
+    result.labels            # (H, W) int64 class per pixel
+    result.areas()           # {"background": 812345, "road": 1234, ...}
+    write_image("color.png", result.colorize())
+
+A model folder is ``config.json`` + ``model.safetensors`` (optionally ``README.md``, a model
+card, and ``model.onnx`` for the ONNX Runtime backend): the same layout as a Hugging Face hub
+model repository, read and written with no network and no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .data.io import colorize, default_palette, overlay, read_image
+from .engine.checkpoint import load_model, resolve, save_model
+from .engine.infer import model_function, normalize
+from .engine.tta import TTA, predict_probs
+from .errors import ConfigError, DataError
+
+ImageLike = np.ndarray | Image.Image | str | os.PathLike
+
+__all__ = ["SegmentResult", "Segmenter"]
+
+
+@dataclass
+class SegmentResult:
+    """One image's segmentation.
+
+    Attributes:
+        labels: ``(H, W)`` int64 class index per pixel.
+        probs: ``(C, H, W)`` float32 class probabilities (``return_probs=True``), else None.
+        class_names: the ``C`` class names.
+        palette: ``(K, 3)`` uint8 colours used by :meth:`colorize` and :meth:`overlay`.
+    """
+
+    labels: np.ndarray
+    probs: np.ndarray | None
+    class_names: list[str]
+    palette: np.ndarray
+
+    def colorize(self) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB image of the class colours."""
+        return colorize(self.labels, self.palette)
+
+    def overlay(self, image: ImageLike, alpha: float = 0.5) -> np.ndarray:
+        """Class colours blended over ``image`` (array, PIL image or path); class 0 stays clear."""
+        return overlay(to_rgb(image), self.labels, self.palette, alpha)
+
+    def areas(self) -> dict[str, int]:
+        """Pixel count of every class (zero for absent classes), keyed by class name."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
+        return {name: int(counts[i]) for i, name in enumerate(self.class_names)}
+
+
+def to_rgb(image: ImageLike) -> np.ndarray:
+    """An image given as a path, PIL image or array -> ``(H, W, 3)`` uint8 RGB.
+
+    Grey ``(H, W)`` / ``(H, W, 1)`` arrays are replicated to three channels, an alpha channel is dropped.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"), dtype=np.uint8)
+    if not isinstance(image, np.ndarray):
+        raise DataError(f"cannot segment a {type(image).__name__}; pass a NumPy array (H, W, 3) uint8, "
+                        f"a PIL image, a file path, or a list of these")
+    if image.dtype != np.uint8:
+        raise DataError(f"image array has dtype {image.dtype}; pass uint8 pixels 0..255 "
+                        f"(e.g. (x * 255).round().astype(np.uint8) for floats in 0..1)")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return np.ascontiguousarray(np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2))
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return np.ascontiguousarray(image[:, :, :3])
+    raise DataError(f"image array has shape {image.shape}; expected (H, W) grey or (H, W, 3) RGB")
+
+
+class Segmenter:
+    """A segmentation model plus everything needed to turn images into label maps.
+
+    Args:
+        model: a pixelwise model (built with ``create_model``) taking ``(N, C_in, H, W)``.
+        mean, std: per-channel normalisation of pixels scaled to 0..1.
+        class_names: one name per output channel.
+        palette: ``(K, 3)`` uint8 class colours (default: the PASCAL VOC colour map).
+        tile: default sliding-window tile (None: the model sees whole images).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        amp: ``"none"``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA) autocast.
+        channels_last: run convolutions in NHWC memory layout (faster with oneDNN / tensor cores).
+        config: the rest of the saved ``config.json`` (kept by :meth:`save_pretrained`).
+        model_fn: replaces the PyTorch forward (e.g. an ONNX Runtime session): ``(N, C_in, H, W)``
+            float32 tensor -> ``(N, C, H, W)`` logits.
+    """
+
+    def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
+                 palette: np.ndarray | None = None, tile: int | None = None, device: str | torch.device = "cpu",
+                 amp: str = "none", channels_last: bool = False, config: dict[str, Any] | None = None,
+                 model_fn=None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean, self.std = list(mean), list(std)
+        self.class_names = list(class_names)
+        self.palette = default_palette(max(256, len(self.class_names))) if palette is None else \
+            np.asarray(palette, dtype=np.uint8)
+        self.tile = tile
+        self.amp, self.channels_last = amp, channels_last
+        self.config = dict(config or {})
+        self.in_channels = int(getattr(model, "config", {}).get("in_channels", 3))
+        self.model_fn = model_fn or model_function(self.model, device=self.device, amp=amp,
+                                                   channels_last=channels_last)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, *, device: str = "cpu", amp: str = "none",
+                        channels_last: bool = False, backend: str = "torch") -> Segmenter:
+        """Load a saved model folder (``config.json`` + ``model.safetensors``).
+
+        ``backend="onnxruntime"`` runs the network with ONNX Runtime (CPU) instead of
+        PyTorch, exporting ``model.onnx`` into the folder first if it is not there.
+        """
+        if backend not in ("torch", "onnxruntime"):
+            raise ConfigError(f"backend={backend!r} is not known; use 'torch' or 'onnxruntime'")
+        folder = resolve(folder)
+        model, config = load_model(folder, device=device)
+        data = config.get("data")
+        if not data or "mean" not in data or "num_classes" not in data:
+            raise ConfigError(f"{str(folder / 'config.json')!r} has no 'data' section with num_classes, mean, std; "
+                              f"save the model with save_model(model, folder, meta={{'data': {{...}}}})")
+        names = data.get("class_names") or [f"class_{i}" for i in range(data["num_classes"])]
+        model_fn = None
+        if backend == "onnxruntime":
+            model_fn = _onnx_model_fn(model, folder)
+        meta = {k: v for k, v in config.items() if k != "model"}
+        return cls(model, mean=data["mean"], std=data["std"], class_names=names, palette=config.get("palette"),
+                   tile=config.get("tile"), device=device, amp=amp, channels_last=channels_last, config=meta,
+                   model_fn=model_fn)
+
+    def save_pretrained(self, folder: str | os.PathLike, *, model_card: bool = True) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (and a ``README.md`` model card) to ``folder``."""
+        meta = dict(self.config)
+        meta["data"] = {**meta.get("data", {}), "num_classes": len(self.class_names),
+                        "class_names": self.class_names, "mean": self.mean, "std": self.std}
+        meta["data"].setdefault("ignore_index", 255)
+        if not np.array_equal(self.palette, default_palette(len(self.palette))):
+            meta["palette"] = self.palette.tolist()
+        if self.tile is not None:
+            meta["tile"] = self.tile
+        model = self.model.to(memory_format=torch.contiguous_format)
+        folder = save_model(model, folder, meta)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if model_card:
+            (Path(folder) / "README.md").write_text(_model_card(getattr(model, "config", {}), meta))
+        return Path(folder)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 RGB -> ``(1, C_in, H, W)`` normalised float32 on the device."""
+        if self.in_channels == 1:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+        elif self.in_channels != 3:
+            raise ConfigError(f"Segmenter handles 1- or 3-channel images; this model takes {self.in_channels} "
+                              f"channels: call sliding_window / predict_probs on your own tensors")
+        return normalize(image, self.mean, self.std)[None].to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, image: ImageLike | list[ImageLike], *, tile: int | None = None, overlap: float = 0.25,
+                 tta: bool | str | dict | TTA | None = False, crf: bool = False, return_probs: bool = False,
+                 batch_size: int = 4, blend: str = "gaussian") -> SegmentResult | list[SegmentResult]:
+        """Segment one image or a list of images (a list gives a list of results).
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey array, PIL image, or file path.
+            tile: sliding-window tile size (None: the saved ``tile`` hint, else the whole image).
+            overlap, blend, batch_size: sliding-window settings (see ``sliding_window``).
+            tta: ``False``, ``"flip"``, ``"flip+scales"`` or ``dict(flips="hv", scales=[...])``.
+            crf: refine the probabilities with a dense CRF (``pixelwise.postprocess.crf``).
+            return_probs: also return the ``(C, H, W)`` probabilities.
+        """
+        if isinstance(image, (list, tuple)):
+            return [self(im, tile=tile, overlap=overlap, tta=tta, crf=crf, return_probs=return_probs,
+                         batch_size=batch_size, blend=blend) for im in image]
+        rgb = to_rgb(image)
+        x = self.preprocess(rgb)
+        probs = predict_probs(self.model_fn, x, tta=tta, tile=tile if tile is not None else self.tile,
+                              overlap=overlap, blend=blend, batch_size=batch_size,
+                              num_classes=len(self.class_names), out_device="cpu")[0]
+        del x
+        if probs.shape[0] != len(self.class_names):
+            raise ConfigError(f"the model returns {probs.shape[0]} classes but the config names "
+                              f"{len(self.class_names)}; fix data.class_names in config.json")
+        if crf:
+            from .postprocess.crf import dense_crf
+
+            probs = torch.as_tensor(dense_crf(rgb, probs, iterations=5), dtype=torch.float32)
+        labels = probs.argmax(0).numpy()
+        return SegmentResult(labels=labels, probs=probs.numpy() if return_probs else None,
+                             class_names=self.class_names, palette=self.palette)
+
+    def __repr__(self) -> str:
+        name = getattr(self.model, "config", {}).get("name", type(self.model).__name__)
+        return (f"Segmenter({name}, classes={self.class_names}, device={self.device}, amp={self.amp!r}, "
+                f"channels_last={self.channels_last}, tile={self.tile})")
+
+
+def _onnx_model_fn(model: nn.Module, folder: Path):
+    try:
+        from .export import OnnxRuntimeModel, export_onnx
+    except ImportError as err:
+        raise ConfigError(f"backend='onnxruntime' needs pixelwise.export (OnnxRuntimeModel, export_onnx), which "
+                          f"cannot be imported here ({err}); use backend='torch'") from None
+    path = folder / "model.onnx"
+    if not path.is_file():
+        # export_onnx checks ONNX Runtime against PyTorch at the trace size; 256 keeps that quick.
+        export_onnx(model.cpu().eval(), path, height=256, width=256, verbose=False)
+    return OnnxRuntimeModel(path)
+
+
+def _model_card(model_cfg: dict[str, Any], meta: dict[str, Any]) -> str:
+    data = meta["data"]
+    classes = "\n".join(f"| {i} | {n} |" for i, n in enumerate(data["class_names"]))
+    scores = meta.get("scores")
+    shown = f"\n## Validation scores\n\n```json\n{json.dumps(scores, indent=2)}\n```\n" if scores else ""
+    return f"""# {model_cfg.get("name", "pixelwise model")} segmentation model
+
+A pixelwise model folder: `config.json` (architecture and preprocessing)
+and `model.safetensors` (weights). Loads with no network access and no pickle.
+
+## Use
+
+```python
+from pixelwise import Segmenter
+
+seg = Segmenter.from_pretrained("path/to/this/folder")
+result = seg("image.png", tile={meta.get("tile") or 512}, tta="flip")
+print(result.areas())
+```
+
+or `pixelwise predict path/to/this/folder images/ --out predictions/`.
+
+## Architecture
+
+```json
+{json.dumps(model_cfg, indent=2)}
+```
+
+## Preprocessing
+
+RGB pixels scaled to 0..1, then `(x - mean) / std` with mean `{data["mean"]}`, std `{data["std"]}`.
+
+## Classes
+
+| index | name |
+|---|---|
+{classes}
+{shown}"""
