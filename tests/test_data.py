@@ -230,8 +230,8 @@ def test_build_dataset_and_class_names():
     assert len(train) == 12 and len(val) == 4
     assert not np.array_equal(train.generate(0)[0], val.generate(0)[0])  # disjoint seeds
     assert class_names(cfg) == ["background", "circle", "rectangle", "triangle", "star"]
-    with pytest.raises(ConfigError, match="unknown dataset 'voc'.*folder.*synthetic"):
-        build_dataset(DataCfg(dataset="voc"), "train", train=True)
+    with pytest.raises(ConfigError, match="unknown dataset 'pascal_voc'.*folder.*synthetic.*voc"):
+        build_dataset(DataCfg(dataset="pascal_voc"), "train", train=True)
     with pytest.raises(ConfigError, match="3 names but data.num_classes is 5"):
         class_names(DataCfg(class_names=["a", "b", "c"]))
     with pytest.raises(DataError, match="data.root"):

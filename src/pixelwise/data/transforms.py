@@ -10,14 +10,20 @@ and every pixel that comes from outside the image (padding, rotation corners) ge
 Presets:
 
 - ``"none"``: normalise only (train and eval).
-- ``"standard"``: train = random scale 0.5-2.0, pad to ``crop_size``, random crop,
-  horizontal flip, rotation +-15 degrees, brightness/contrast jitter.
-- ``"unet"``: ``"standard"`` + elastic deformation, the augmentation that
+- ``"scale_crop"``: train = random scale 0.5-2.0, random ``crop_size`` crop (padded
+  with ignore where the scaled image is smaller), horizontal flip: the DeepLab recipe.
+- ``"standard"``: ``"scale_crop"`` + rotation +-15 degrees (p=0.5) + photometric jitter
+  (brightness, contrast, saturation +-20 %, p=0.8; :class:`PhotometricJitter`).
+- ``"unet"``: ``"standard"`` + elastic deformation (p=0.5), the augmentation that
   Ronneberger et al., "U-Net" (MICCAI 2015) found key for learning from few images:
-  smooth random displacement fields (:class:`GridElastic`).
+  smooth random displacement fields on a coarse grid.
 
-For every preset except ``"none"``, eval pads to at least ``crop_size`` and does not crop:
-models take any size, and evaluating on whole images measures what users will get.
+The geometric steps of a train preset run as one resampling
+(:class:`~pixelwise.data.warp.AffineElasticCrop`), so their cost depends on the crop
+size only. For every preset except ``"none"``, eval pads to at least ``crop_size`` and
+does not crop: models take any size, and evaluating on whole images measures what users
+will get. :func:`tta_for_preset` names the test-time augmentation that stays within what
+a preset trained on (the flips and the scale range it saw).
 """
 
 from __future__ import annotations
@@ -28,27 +34,36 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
 from ..errors import ConfigError
+from .warp import AffineElasticCrop
 
-__all__ = ["PRESETS", "GridElastic", "SegTransform", "EpochSeeded", "build_transform", "pad_collate"]
+__all__ = ["PRESETS", "TTA_FOR_PRESET", "AffineElasticCrop", "GridElastic", "PhotometricJitter", "SegTransform",
+           "EpochSeeded", "build_transform", "tta_for_preset", "pad_collate"]
 
-PRESETS: tuple[str, ...] = ("none", "standard", "unet")
+PRESETS: tuple[str, ...] = ("none", "scale_crop", "standard", "unet")
+# Test-time augmentation (engine.tta's names) consistent with each preset: only the flips
+# the model was trained with, and scales inside the 0.5-2.0 training range.
+TTA_FOR_PRESET: dict[str, str] = {"none": "none", "scale_crop": "flip+scales", "standard": "flip+scales",
+                                  "unet": "flip+scales"}
 
 
 def _mask_dtype(mask: np.ndarray, ignore_index: int) -> np.dtype:
     # OpenCV warps only 8/16-bit integer and float images, not int64: pick the smallest
     # type that holds every label and the fill value exactly.
+    if mask.dtype == np.uint8 and 0 <= ignore_index <= 255:
+        return mask.dtype  # already warpable: skip the two passes over the mask
     low = min(int(mask.min()) if mask.size else 0, ignore_index)
     high = max(int(mask.max()) if mask.size else 0, ignore_index)
-    for dtype in (np.uint8, np.uint16, np.int16):
-        info = np.iinfo(dtype)
-        if info.min <= low and high <= info.max:
+    for dtype, smallest, largest in _MASK_TYPES:
+        if smallest <= low and high <= largest:
             return np.dtype(dtype)
     return np.dtype(np.float32)  # exact for integers below 2**24
+
+
+_MASK_TYPES = ((np.uint8, 0, 255), (np.uint16, 0, 65535), (np.int16, -32768, 32767))
 
 
 class GridElastic(A.DualTransform):
@@ -97,6 +112,48 @@ class GridElastic(A.DualTransform):
         return ("grid", "magnitude", "fill", "fill_mask")
 
 
+class PhotometricJitter(A.ImageOnlyTransform):
+    """Brightness, contrast and saturation jitter with torchvision ``ColorJitter``'s
+    definitions (no hue): brightness scales the values, contrast blends with the mean
+    grey level, saturation blends with the grey image; each factor is ``U(1-x, 1+x)``.
+
+    Brightness and contrast are one affine map of the values, applied as a single
+    256-entry lookup table (clipped once at the end, where torchvision clips after each
+    step); saturation is one weighted sum with the grey image.
+
+    Args:
+        brightness, contrast, saturation: maximum relative change (0 disables).
+        p: probability of applying.
+
+    Image ``(H, W, 3)`` uint8 in, same out.
+    """
+
+    def __init__(self, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2,
+                 p: float = 0.8) -> None:
+        super().__init__(p=p)
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+
+    def get_params(self) -> dict:
+        rng = self.random_generator
+        return {name: float(rng.uniform(1 - x, 1 + x))
+                for name, x in (("b", self.brightness), ("c", self.contrast), ("s", self.saturation))}
+
+    def apply(self, img: np.ndarray, b: float = 1.0, c: float = 1.0, s: float = 1.0, **params) -> np.ndarray:
+        # The mean grey level from every k-th pixel (k ~ side / 64): at 256x256 that is 4096
+        # samples, within a fraction of a grey level of the full mean at 1/16 of the cost.
+        step = max(1, min(img.shape[:2]) // 64)
+        mean = b * float(cv2.cvtColor(np.ascontiguousarray(img[::step, ::step]), cv2.COLOR_RGB2GRAY).mean())
+        lut = np.clip(np.arange(256) * (b * c) + (1 - c) * mean + 0.5, 0, 255).astype(np.uint8)
+        img = cv2.LUT(img, lut)
+        if s != 1.0:
+            grey = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+            img = cv2.addWeighted(img, s, grey, 1 - s, 0.0)  # saturates to 0..255
+        return img
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("brightness", "contrast", "saturation")
+
+
 class SegTransform:
     """An albumentations pipeline applied to an (image, mask) pair, returning tensors.
 
@@ -106,7 +163,8 @@ class SegTransform:
     generator explicitly (see :class:`EpochSeeded`) and takes precedence.
 
     Args:
-        compose: the albumentations pipeline (ending in ``Normalize`` + ``ToTensorV2``).
+        compose: the albumentations pipeline, ending in ``Normalize`` (float32 HWC out; a
+            final ``ToTensorV2`` is accepted too).
         ignore_index: mask fill value, used to choose a mask dtype OpenCV can warp.
     """
 
@@ -131,14 +189,21 @@ class SegTransform:
         if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:
             raise ValueError(f"transform expects image (H, W, 3) and mask (H, W), got {image.shape} and {mask.shape}")
         out = self.compose(image=image, mask=mask.astype(_mask_dtype(mask, self.ignore_index), copy=False))
-        return out["image"].float(), out["mask"].long()
+        x, y = out["image"], out["mask"]
+        # HWC -> CHW and the label widening in numpy: torch would spread these small copies
+        # over its OpenMP threads, which fight OpenCV's pool (measured 5x slower on 2 cores).
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
+        if isinstance(y, np.ndarray):
+            y = torch.from_numpy(y.astype(np.int64))
+        return x.float(), y.long()
 
     def __repr__(self) -> str:
         return f"SegTransform({self.compose!r})"
 
 
 def _normalise(mean: Sequence[float], std: Sequence[float]) -> list:
-    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)]
 
 
 def build_transform(
@@ -154,7 +219,7 @@ def build_transform(
     """Build a preset transform.
 
     Args:
-        preset: ``"none"``, ``"standard"`` or ``"unet"`` (see the module docstring).
+        preset: ``"none"``, ``"scale_crop"``, ``"standard"`` or ``"unet"`` (module docstring).
         train: random augmentation (True) or deterministic eval padding (False).
         crop_size: side of the square training crop; eval pads up to it.
         mean, std: per-channel normalisation on the 0..1 scale.
@@ -171,35 +236,29 @@ def build_transform(
         raise ConfigError(f"data.mean and data.std need 3 values (R, G, B), got {list(mean)} and {list(std)}")
     if crop_size < 1:
         raise ConfigError(f"data.crop_size must be positive, got {crop_size}")
-    pad = A.PadIfNeeded(
-        min_height=crop_size,
-        min_width=crop_size,
-        # Train: random placement so objects are not always centred. Eval: bottom/right,
-        # like pad_collate, so the image keeps its top-left origin.
-        position="random" if train else "top_left",
-        border_mode=cv2.BORDER_CONSTANT,
-        fill=0,
-        fill_mask=ignore_index,
-    )
     steps: list = []
     if preset != "none" and not train:
-        steps = [pad]
+        # Bottom/right padding, like pad_collate, so the image keeps its top-left origin.
+        steps = [A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
+                               border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index)]
     elif preset != "none":
-        steps = [
-            # scale factor = 1 + U(-0.5, 1.0), i.e. 0.5x .. 2x
-            A.RandomScale(scale_limit=(-0.5, 1.0), interpolation=cv2.INTER_LINEAR,
-                          mask_interpolation=cv2.INTER_NEAREST, p=1.0),
-            pad,
-            A.RandomCrop(height=crop_size, width=crop_size),
-            A.HorizontalFlip(p=0.5),
-            A.Rotate(limit=15, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                     border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index, p=0.5),
-        ]
-        if preset == "unet":
-            steps.append(GridElastic(grid=3, magnitude=0.02, fill_mask=ignore_index, p=0.5))
-        steps.append(A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5))
+        steps = [AffineElasticCrop(size=crop_size, scale=(0.5, 2.0), hflip_p=0.5, rotate=15.0,
+                                   rotate_p=0.0 if preset == "scale_crop" else 0.5,
+                                   elastic_p=0.5 if preset == "unet" else 0.0, elastic_grid=3,
+                                   elastic_magnitude=0.02, fill=0, fill_mask=ignore_index)]
+        if preset != "scale_crop":
+            steps.append(PhotometricJitter(brightness=0.2, contrast=0.2, saturation=0.2, p=0.8))
     compose = A.Compose(steps + _normalise(mean, std), seed=seed)
     return SegTransform(compose, ignore_index=ignore_index)
+
+
+def tta_for_preset(preset: str) -> str:
+    """The test-time augmentation (an ``engine.tta.parse_tta`` name) consistent with a
+    training preset: horizontal flip and scales 0.75-1.25 for the presets that train with
+    flips and 0.5-2.0 scaling, none for ``"none"`` (the model never saw a flipped image)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown data.augment {preset!r}; valid presets: {', '.join(PRESETS)}")
+    return TTA_FOR_PRESET[preset]
 
 
 class EpochSeeded(Dataset):
@@ -221,10 +280,13 @@ class EpochSeeded(Dataset):
         self.epoch_seed = 0
 
     def set_epoch_seed(self, seed: int) -> None:
-        """Use ``seed`` (non-negative int) for the augmentations of the coming epoch."""
+        """Use ``seed`` (non-negative int) for the augmentations of the coming epoch; a
+        wrapped dataset that seeds itself (3D patch sampling) gets the seed too."""
         if seed < 0:
             raise ValueError(f"EpochSeeded.set_epoch_seed needs a non-negative seed, got {seed}")
         self.epoch_seed = seed
+        if hasattr(self.dataset, "set_epoch_seed"):
+            self.dataset.set_epoch_seed(seed)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -253,35 +315,37 @@ def make_sample(image: np.ndarray, mask: np.ndarray, name: str, transform=None) 
 
 
 def pad_collate(batch: list[dict], ignore_index: int = 255) -> dict:
-    """Collate samples of different sizes by padding to the largest H and W in the batch.
+    """Collate samples of different sizes by padding every spatial axis to the largest in
+    the batch: (H, W) for images, (D, H, W) for volumes.
 
-    Padding goes bottom/right: images get 0, masks get ``ignore_index`` so padded pixels
-    count in neither loss nor metrics. ``"name"`` stays a list; other keys use
-    ``default_collate``. Use ``functools.partial(pad_collate, ignore_index=...)`` as a
-    DataLoader ``collate_fn``.
+    Padding goes at the far end (bottom/right/back): images get 0, masks get
+    ``ignore_index`` so padded pixels count in neither loss nor metrics. ``"name"`` stays a
+    list; other keys use ``default_collate``. Use ``functools.partial(pad_collate,
+    ignore_index=...)`` as a DataLoader ``collate_fn``.
 
     Args:
-        batch: list of ``{"image": (C, H_i, W_i), "mask": (H_i, W_i), "name": str, ...}``.
+        batch: list of ``{"image": (C, *S_i), "mask": S_i, "name": str, ...}`` with
+            ``S_i`` = (H, W) or (D, H, W).
 
     Returns:
-        ``{"image": (N, C, H, W), "mask": (N, H, W) int64, "name": list[str], ...}``.
+        ``{"image": (N, C, *S), "mask": (N, *S) int64, "name": list[str], ...}``.
     """
     if not batch:
         raise ValueError("pad_collate got an empty batch")
-    height = max(s["image"].shape[-2] for s in batch)
-    width = max(s["image"].shape[-1] for s in batch)
     first = batch[0]["image"]
-    images = first.new_zeros((len(batch), first.shape[0], height, width))
-    masks = torch.full((len(batch), height, width), ignore_index, dtype=torch.long)
     for i, sample in enumerate(batch):
-        h, w = sample["image"].shape[-2:]
-        if tuple(sample["mask"].shape) != (h, w):
+        if tuple(sample["mask"].shape) != tuple(sample["image"].shape[1:]) or sample["image"].dim() != first.dim():
             raise ValueError(
                 f"pad_collate: sample {sample.get('name', i)!r} has image {tuple(sample['image'].shape)} "
-                f"but mask {tuple(sample['mask'].shape)}; they must have the same H, W"
+                f"but mask {tuple(sample['mask'].shape)}; the mask must match the image's spatial size"
             )
-        images[i, :, :h, :w] = sample["image"]
-        masks[i, :h, :w] = sample["mask"]
+    size = tuple(max(s["image"].shape[1 + a] for s in batch) for a in range(first.dim() - 1))
+    images = first.new_zeros((len(batch), first.shape[0]) + size)
+    masks = torch.full((len(batch),) + size, ignore_index, dtype=torch.long)
+    for i, sample in enumerate(batch):
+        region = tuple(slice(0, n) for n in sample["mask"].shape)
+        images[(i, slice(None)) + region] = sample["image"]
+        masks[(i,) + region] = sample["mask"]
     out = {"image": images, "mask": masks}
     for key in batch[0]:
         if key in ("image", "mask"):

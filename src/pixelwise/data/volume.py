@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..registry import DATASETS, register
 from .rle import in_holdout
+from .transforms import pad_collate
 from .transforms3d import Augment3d, crop_or_pad, normalize_intensity, sample_patch
 
 __all__ = ["read_volume", "find_cases", "VolumeDataset", "volume_collate", "volume_class_names", "VOLUME_SUFFIXES"]
@@ -241,18 +242,9 @@ class VolumeDataset(Dataset):
 
 def volume_collate(batch: list[dict], ignore_index: int = 255) -> dict:
     """Stack volume items, padding D, H, W at the far end to the largest in the batch
-    (image 0, mask ``ignore_index``): ``{"image": (N, C, D, H, W), "mask": (N, D, H, W), "name": list}``."""
-    if not batch:
-        raise ValueError("volume_collate got an empty batch")
-    size = tuple(max(s["mask"].shape[i] for s in batch) for i in range(3))
-    channels = batch[0]["image"].shape[0]
-    images = batch[0]["image"].new_zeros((len(batch), channels) + size)
-    masks = torch.full((len(batch),) + size, ignore_index, dtype=torch.long)
-    for i, s in enumerate(batch):
-        d, h, w = s["mask"].shape
-        images[i, :, :d, :h, :w] = s["image"]
-        masks[i, :d, :h, :w] = s["mask"]
-    return {"image": images, "mask": masks, "name": [s["name"] for s in batch]}
+    (image 0, mask ``ignore_index``): ``{"image": (N, C, D, H, W), "mask": (N, D, H, W), "name": list}``.
+    The same as :func:`pixelwise.data.transforms.pad_collate`, which handles any number of axes."""
+    return pad_collate(batch, ignore_index=ignore_index)
 
 
 _ARGS = {"image_dir", "label_dir", "val_fraction", "patch_size", "foreground_ratio", "samples_per_volume",
