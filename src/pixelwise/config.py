@@ -81,6 +81,22 @@ class TrainCfg:
     device: str = "auto"
     out_dir: str = "runs/experiment"
     max_steps: Union[int, None] = None
+    # Scale and trust (docs/training.md describes every key).
+    schedule: str = "poly"
+    accumulate: int = 1
+    ema_decay: Union[float, None] = None
+    encoder_lr_mult: float = 1.0
+    freeze_encoder_steps: int = 0
+    balanced_sampling: bool = False
+    aux_weight: Union[float, None] = None
+    deterministic: bool = False
+    early_stop_patience: Union[int, None] = None
+    sync_bn: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    tensorboard: Union[bool, None] = None
+    plots: bool = True
+    adversarial: Union[dict, None] = None
 
 
 @dataclass

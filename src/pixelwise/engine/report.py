@@ -79,3 +79,63 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
     tmp.write_text(page)
     tmp.replace(out)
     return out
+
+
+def _save_fig(fig, out_png: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png
+
+
+def plot_confusion(matrix: Any, class_names: list[str], out_png: str | Path) -> Path:
+    """Heat-map of a ``(K, K)`` confusion matrix, each row (ground-truth class) normalised to 1,
+    so a class's recall is its diagonal cell whatever its pixel count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * k, 1.0 + 0.45 * k))
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="prediction", ylabel="ground truth",
+           title="confusion (row-normalised)")
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    if k <= 30:
+        for g in range(k):
+            for p in range(k):
+                ax.text(p, g, f"{norm[g, p]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[g, p] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save_fig(fig, Path(out_png))
+
+
+def plot_class_iou(iou: Any, class_names: list[str], out_png: str | Path) -> Path:
+    """Horizontal bars of per-class IoU (NaN, a class absent from truth and prediction, drawn as 0
+    and labelled ``n/a``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(iou, dtype=np.float64)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.3 * k))
+    ax.barh(range(k), np.nan_to_num(values), color="tab:green")
+    ax.set(yticks=range(k), xlim=(0, 1), xlabel="IoU", title=f"per-class IoU (mIoU {np.nanmean(values):.3f})"
+           if np.isfinite(values).any() else "per-class IoU")
+    ax.set_yticklabels(class_names)
+    ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(min(np.nan_to_num(v), 0.85) + 0.01, i, "n/a" if np.isnan(v) else f"{v:.3f}", va="center", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _save_fig(fig, Path(out_png))

@@ -1,31 +1,55 @@
-"""The training loop. It reads top to bottom: data, model, optimiser, schedule, then epochs
-of steps with validation and checkpoints. A killed run resumes from ``out_dir/last``."""
+"""The training loop. It reads top to bottom: processes, data, model, optimiser, schedule,
+then epochs of steps with validation and checkpoints. A killed run resumes from
+``out_dir/last``; a run stopped by SIGINT/SIGTERM first saves the step it reached.
+
+One step is one optimiser update over ``train.accumulate`` micro-batches of
+``data.batch_size`` images on each of the ``world_size`` processes (``torchrun``).
+"""
 
 from __future__ import annotations
 
-import csv
-import functools
+import dataclasses
 import json
 import math
+import os
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import config as config_mod
 from ..config import ExperimentCfg
-from ..data import EpochSeeded, build_dataset, class_names, pad_collate
+from ..data import class_names
 from ..errors import ConfigError, TrainingError
 from ..losses import build_loss
 from ..models import SegmentationOutput, create_model
-from .checkpoint import load_checkpoint, save_checkpoint, save_model
+from . import distributed as dist_mod
+from .adversarial_train import AdversarialTrainer
+from .checkpoint import save_model
+from .ema import ModelEMA
 from .evaluate import autocast, evaluate
+from .interrupt import StopRequest, TrainingInterrupted
+from .loaders import EPOCH_SEED_STRIDE, make_loaders
+from .logging import RunLogger
+from .optim import build_optimizer, set_encoder_frozen
+from .schedule import make_schedule
+from .state import load_train_state, remove_stale_temporaries, save_train_state
+
+__all__ = [
+    "build_model",
+    "build_optimizer",
+    "compute_loss",
+    "model_meta",
+    "resolve_device",
+    "seed_everything",
+    "train",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,6 +66,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool, device: torch.device) -> tuple[bool, bool]:
+    """``torch.use_deterministic_algorithms`` for the run; returns the previous setting.
+
+    On the CPU an op without a deterministic kernel is an error. On CUDA some ops a
+    segmentation network needs (bilinear-upsampling backward) have none, so there it
+    warns instead; ``CUBLAS_WORKSPACE_CONFIG`` makes cuBLAS reproducible.
+    """
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    return previous
 
 
 def build_model(cfg: ExperimentCfg) -> nn.Module:
@@ -64,32 +104,6 @@ def model_meta(cfg: ExperimentCfg) -> dict[str, Any]:
             "experiment": config_mod.to_dict(cfg)}
 
 
-def build_optimizer(cfg: ExperimentCfg, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov momentum); no weight decay on norms and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.train.lr)
-    if cfg.train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=True)
-    raise ConfigError(f"train.optimizer {cfg.train.optimizer!r} is unknown; use adamw or sgd")
-
-
-def poly_schedule(total_steps: int, power: float, warmup_steps: int):
-    """LR factor: linear warmup, then ``(1 - t/T)^power`` (the DeepLab "poly" policy)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, 1 - step / max(1, total_steps)) ** power
-
-    return factor
-
-
 def compute_loss(loss_fn: nn.Module, output: Tensor | SegmentationOutput, target: Tensor) -> Tensor:
     """Main loss plus weighted auxiliary losses, in float32 whatever the autocast dtype."""
     if isinstance(output, SegmentationOutput):
@@ -100,141 +114,227 @@ def compute_loss(loss_fn: nn.Module, output: Tensor | SegmentationOutput, target
     return loss_fn(output.float(), target)
 
 
-def make_loaders(cfg: ExperimentCfg) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders; the train order is re-seeded per epoch by ``train``."""
-    d = cfg.data
-    train_ds = EpochSeeded(build_dataset(d, d.train_split, train=True))
-    val_ds = build_dataset(d, d.val_split, train=False)
-    if len(train_ds) < d.batch_size:
-        raise ConfigError(f"the training set has {len(train_ds)} samples, fewer than data.batch_size "
-                          f"{d.batch_size}; lower batch_size or add data")
-    common = {"num_workers": d.num_workers, "pin_memory": torch.cuda.is_available(),
-              "collate_fn": functools.partial(pad_collate, ignore_index=d.ignore_index),
-              "persistent_workers": False}
-    train = DataLoader(train_ds, batch_size=d.batch_size, shuffle=True, drop_last=True,
-                       generator=torch.Generator(), **common)
-    val = DataLoader(val_ds, batch_size=d.batch_size, shuffle=False, **common)
-    return train, val
+def _override_aux(output: Tensor | SegmentationOutput, weight: float | None) -> Tensor | SegmentationOutput:
+    """``train.aux_weight`` replaces every auxiliary/deep-supervision weight the model proposes."""
+    if weight is None or not isinstance(output, SegmentationOutput):
+        return output
+    return dataclasses.replace(output, aux_weights=[weight] * len(output.aux))
 
 
-def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _truncate_csv(path: Path, max_step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
-    if not path.exists():
-        return
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return
-    keep = [r for r in rows if int(r["step"]) <= max_step]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(keep)
+def _check_cfg(cfg: ExperimentCfg, device: torch.device) -> None:
+    t = cfg.train
+    if t.accumulate < 1:
+        raise ConfigError(f"train.accumulate must be >= 1 (micro-batches per step), got {t.accumulate}")
+    if t.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp is fp16 but training runs on the CPU; use amp: bf16 (or none) there")
+    if t.amp not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
+    if t.early_stop_patience is not None and t.early_stop_patience < 1:
+        raise ConfigError(f"train.early_stop_patience must be >= 1 or null, got {t.early_stop_patience}")
 
 
 def train(cfg: ExperimentCfg, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg``; returns the trainer state (step, epoch, best mIoU, history).
 
-    Writes to ``cfg.train.out_dir``: ``config.yaml``, ``log.csv`` (per ``log_every`` steps),
-    ``metrics.csv`` (per validation), ``last/`` (resumable, every epoch) and ``best/``
-    (highest validation mIoU). With ``resume=True`` training continues from ``last/`` and
-    ends at the same step count as an uninterrupted run.
+    Writes to ``cfg.train.out_dir`` (rank 0 only): ``config.yaml``, ``log.csv`` (per
+    ``log_every`` steps), ``metrics.csv`` (per validation), ``tensorboard/``, ``last/``
+    (resumable, every epoch and on SIGINT/SIGTERM), ``best/`` (highest validation mIoU) and,
+    at the end, ``curves.png``, ``confusion.png``, ``class_iou.png``. With ``resume=True``
+    every process continues from ``last/``, mid-epoch if that is where it stopped, and ends
+    with the same weights as an uninterrupted run.
     """
-    t = cfg.train
+    env = dist_mod.setup(cfg.train.device)
+    previous = set_deterministic(cfg.train.deterministic, env.device)
+    logger = RunLogger(Path(cfg.train.out_dir), enabled=env.is_main, tensorboard=cfg.train.tensorboard)
+    try:
+        with StopRequest() as stop:
+            return _train(cfg, env, stop, logger, resume=resume, progress=progress and env.is_main)
+    finally:
+        logger.close()  # also when training stops with an error
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        dist_mod.cleanup(env)
+
+
+def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger: RunLogger, *, resume: bool,
+           progress: bool) -> dict[str, Any]:
+    t, device = cfg.train, env.device
+    _check_cfg(cfg, device)
     out = Path(t.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(t.device)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)  # left by a process killed while writing a checkpoint
+    dist_mod.barrier(env)
     seed_everything(t.seed)
-    train_loader, val_loader = make_loaders(cfg)
-    model = build_model(cfg).to(device)
-    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    loss_fn = build_loss(t.loss, ignore_index=cfg.data.ignore_index)
-    optimizer = build_optimizer(cfg, model)
-    steps_per_epoch = len(train_loader)
+
+    # Data: each process reads its shard of one global, per-epoch seeded order.
+    train_loader, val_loader, sampler, train_ds = make_loaders(cfg, env, out_dir=out, progress=progress)
+    steps_per_epoch = len(train_loader) // t.accumulate
+    if steps_per_epoch < 1:
+        raise ConfigError(f"an epoch has {len(train_loader)} batch(es) per process, fewer than train.accumulate "
+                          f"{t.accumulate}; lower accumulate or data.batch_size")
     total_steps = t.max_steps or t.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total_steps, t.poly_power, t.warmup_steps))
+
+    # Model (raw: what is saved and averaged), optimiser, schedule, and the optional extras.
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    raw = dist_mod.convert_sync_bn(env, build_model(cfg), enabled=t.sync_bn)
+    raw = raw.to(device, memory_format=memory_format)
+    loss_fn = build_loss(t.loss, ignore_index=cfg.data.ignore_index)
+    optimizer = build_optimizer(cfg, raw)
+    lr_factor = make_schedule(t.schedule, total_steps=total_steps, warmup_steps=t.warmup_steps, power=t.poly_power)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
+    adv = None
+    if t.adversarial is not None:
+        adv = AdversarialTrainer(t.adversarial, num_classes=cfg.data.num_classes, in_channels=cfg.model.in_channels,
+                                 ignore_index=cfg.data.ignore_index, device=device, env=env)
     meta = model_meta(cfg)
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "best_miou": -1.0, "history": []}
+
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "epoch_step": 0, "best_miou": -1.0, "stale": 0,
+                             "history": []}
     if resume:
         if not (out / "last").exists() and not (out / ".last.old").exists():
             raise ConfigError(f"--resume: no checkpoint in {str(out / 'last')!r}; run without --resume to start")
-        state = load_checkpoint(out / "last", model, optimizer, scheduler)
-        _truncate_csv(out / "log.csv", state["step"])
+        state, saved = load_train_state(out / "last", model=raw, optimizer=optimizer, scheduler=scheduler)
+        state = {"epoch_step": 0, "stale": 0, **state}  # keys older checkpoints lack
+        logger.resumed(state["step"])
     else:
-        config_mod.save(cfg, out / "config.yaml")
-        for name in ("log.csv", "metrics.csv"):
-            (out / name).unlink(missing_ok=True)
+        saved = {}
+        if env.is_main:
+            config_mod.save(cfg, out / "config.yaml")
+        logger.fresh()
+    # Built after loading, so a checkpoint written without EMA starts the average from its weights.
+    ema = ModelEMA(raw, decay=t.ema_decay) if t.ema_decay is not None else None
+    for name, part in (("scaler", scaler), ("ema", ema), ("adversarial", adv)):
+        if part is not None and name in saved:
+            part.load_state_dict(saved[name])
+
+    def extras() -> dict[str, Any]:
+        parts = {"scaler": scaler if scaler.is_enabled() else None, "ema": ema, "adversarial": adv}
+        return {name: part.state_dict() for name, part in parts.items() if part is not None}
+
+    def save_last() -> None:
+        if env.is_main:
+            save_train_state(out / "last", model=raw, optimizer=optimizer, scheduler=scheduler, trainer=state,
+                             meta=meta, extras=extras())
+        dist_mod.barrier(env)
+
+    def wrap() -> nn.Module:
+        # DDP syncs only the parameters that require grad when it is built: re-wrap on unfreeze.
+        wrapped = dist_mod.wrap_model(env, raw)
+        return torch.compile(wrapped, backend=t.compile_backend) if t.compile else wrapped
 
     step = state["step"]
+    frozen = step < t.freeze_encoder_steps
+    if frozen:
+        set_encoder_frozen(raw, True)
+    model = wrap()
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel) or isinstance(
+        getattr(model, "_orig_mod", None), nn.parallel.DistributedDataParallel)
+    cm = None
+    loss_value = float("nan")
     for epoch in range(state["epoch"], epochs):
+        first = state["epoch_step"] if epoch == state["epoch"] else 0  # steps this epoch already took
+        # The order, the augmentations and worker seeds depend on (seed, epoch) only, so a
+        # resumed run replays them; the batches before `first` are skipped unread.
+        epoch_seed = t.seed * EPOCH_SEED_STRIDE + epoch
+        sampler.set_epoch(epoch, skip=first * t.accumulate * cfg.data.batch_size)
+        train_ds.set_epoch_seed(epoch_seed)
+        train_loader.generator.manual_seed(epoch_seed)
         model.train()
-        # Seed the shuffle and the augmentations from (seed, epoch) so a resumed run replays them.
-        train_loader.generator.manual_seed(t.seed * 100_003 + epoch)
-        train_loader.dataset.set_epoch_seed(t.seed * 100_003 + epoch)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        seen, tic = 0, time.perf_counter()
-        for batch in bar:
-            image = batch["image"].to(device, memory_format=memory_format, non_blocking=True)
-            target = batch["mask"].to(device, non_blocking=True)
-            with autocast(device, t.amp):
-                output = model(image)
-            loss = compute_loss(loss_fn, output, target)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss is {loss.item()} at step {step} (epoch {epoch + 1}), batch {batch['name']}; "
-                    f"nothing was saved from this step and {str(out / 'last')!r} holds the last good "
-                    f"state. Fixes: lower train.lr, set train.grad_clip (e.g. 1.0), use train.amp: none, "
-                    f"and check those files for NaN/inf or wrong labels")
+        batches = iter(train_loader)
+        bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
+                   leave=False)
+        seen, tic, interrupted = 0, time.perf_counter(), False
+        for epoch_step in bar:
+            if frozen and step >= t.freeze_encoder_steps:
+                frozen = False
+                set_encoder_frozen(raw, False)
+                model = wrap()
+                model.train()
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            losses = []
+            for micro in range(t.accumulate):
+                batch = next(batches)
+                image = batch["image"].to(device, memory_format=memory_format, non_blocking=True)
+                target = batch["mask"].to(device, non_blocking=True)
+                # Only the last micro-batch of a step all-reduces the gradients.
+                sync = nullcontext() if (not ddp or micro == t.accumulate - 1) else model.no_sync()
+                with sync:
+                    with autocast(device, t.amp):
+                        output = model(image)
+                    output = _override_aux(output, t.aux_weight)
+                    loss = compute_loss(loss_fn, output, target)
+                    logits = output.logits if isinstance(output, SegmentationOutput) else output
+                    if adv is not None:
+                        loss = loss + adv.generator_loss(image, logits, target)
+                    if dist_mod.any_across(env, not bool(torch.isfinite(loss))):
+                        raise TrainingError(
+                            f"loss is {loss.item()} at step {step} (epoch {epoch + 1}), batch {batch['name']}; "
+                            f"nothing was saved from this step and {str(out / 'last')!r} holds the last good "
+                            f"state. Fixes: lower train.lr, set train.grad_clip (e.g. 1.0), use train.amp: none, "
+                            f"and check those files for NaN/inf or wrong labels")
+                    scaler.scale(loss / t.accumulate).backward()
+                if adv is not None:
+                    adv.discriminator_step(image, logits, target)
+                losses.append(loss.item())
+                seen += image.shape[0]
             if t.grad_clip is not None:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update(raw)
             step += 1
-            seen += image.shape[0]
-            speed = seen / max(time.perf_counter() - tic, 1e-9)
-            lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            loss_value = sum(losses) / len(losses)
+            speed = seen * env.world_size / max(time.perf_counter() - tic, 1e-9)
+            lr = t.lr * lr_factor(step)  # the decoder's LR for the next step (the encoder's may be scaled)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             if step % t.log_every == 0 or step == total_steps:
-                _append_csv(out / "log.csv", {"step": step, "epoch": epoch + 1, "loss": round(loss.item(), 6),
-                                              "lr": lr, "images_per_s": round(speed, 2)})
+                logger.step({"step": step, "epoch": epoch + 1, "loss": round(dist_mod.mean_across(env, loss_value), 6),
+                             "lr": lr, "images_per_s": round(speed, 2)})
+            if dist_mod.any_across(env, stop.requested):
+                interrupted = True
+                break
             if step >= total_steps:
                 break
         bar.close()
 
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": round(loss.item(), 6)}
+        if interrupted:
+            state.update(step=step, epoch=epoch, epoch_step=epoch_step + 1)
+            save_last()
+            raise TrainingInterrupted(f"{stop.signal_name or 'stop'} at step {step}; saved {str(out / 'last')!r}")
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": round(loss_value, 6)}
+        stop_early = False
         if (epoch + 1) % t.val_every == 0 or step >= total_steps:
-            cm = evaluate(model, val_loader, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
+            judged = ema.module if ema is not None else raw
+            cm = evaluate(judged, val_loader, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
                           device=device, amp=t.amp, channels_last=t.channels_last, progress=progress)
             scores = cm.compute()
-            record.update(miou=scores["miou"], pixel_accuracy=scores["pixel_accuracy"],
-                          mean_dice=scores["mean_dice"])
+            record.update(miou=scores["miou"], pixel_accuracy=scores["pixel_accuracy"], mean_dice=scores["mean_dice"])
             if scores["miou"] > state["best_miou"]:
-                state["best_miou"] = scores["miou"]
-                save_model(model, out / "best", {**meta, "scores": scores, "step": step})
-        _append_csv(out / "metrics.csv", record)
+                state.update(best_miou=scores["miou"], stale=0)
+                if env.is_main:
+                    save_model(judged, out / "best", {**meta, "scores": scores, "step": step})
+            else:
+                state["stale"] += 1
+            stop_early = t.early_stop_patience is not None and state["stale"] >= t.early_stop_patience
+        logger.metrics(record)
         state["history"].append(record)
-        state.update(step=step, epoch=epoch + 1)
-        save_checkpoint(out / "last", model, optimizer, scheduler, state, meta)
+        state.update(step=step, epoch=epoch + 1, epoch_step=0, stopped_early=stop_early)
+        save_last()
         if progress:
-            summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-            tqdm.write(summary)
+            tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        if stop_early:
+            if progress:
+                tqdm.write(f"early stop: no better validation mIoU for {state['stale']} validation(s)")
+            break
         if step >= total_steps:
             break
-    (out / "history.json").write_text(json.dumps(state["history"], indent=2))
+    if env.is_main:
+        (out / "history.json").write_text(json.dumps(state["history"], indent=2))
+        if t.plots:
+            logger.plots(confusion=cm, class_names=class_names(cfg.data))
     return state
