@@ -10,6 +10,8 @@ MODELS: dict[str, Callable] = {}
 ENCODERS: dict[str, Callable] = {}
 LOSSES: dict[str, Callable] = {}
 DATASETS: dict[str, Callable] = {}
+# Instance segmentation models (Mask R-CNN): their inputs and outputs differ from MODELS'.
+INSTANCE_MODELS: dict[str, Callable] = {}
 
 
 def register(table: dict[str, Callable], name: str) -> Callable[[T], T]:
