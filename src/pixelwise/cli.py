@@ -1,12 +1,19 @@
-"""Command line: ``pixelwise train|eval|predict|models|demo``."""
+"""Command line: ``pixelwise train|eval|predict|check|export|models|demo``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from .errors import PixelwiseError
+
+
+def _is_instance(model_name: str) -> bool:
+    from .engine.instance import is_instance_model
+
+    return is_instance_model(model_name)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -14,7 +21,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .engine.train import train
 
     cfg = config.load(args.config, args.set)
+    if _is_instance(cfg.model.name):  # Mask R-CNN: its own loop, losses and COCO metrics
+        from .engine.instance_cli import train_command
+
+        return train_command(cfg, resume=args.resume, quiet=args.quiet)
     state = train(cfg, resume=args.resume, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line per job, from rank 0
+        return 0
     print(f"done: {state['step']} steps, best validation mIoU {state['best_miou']:.4f}; "
           f"checkpoints in {Path(cfg.train.out_dir) / 'best'} and {Path(cfg.train.out_dir) / 'last'}")
     return 0
@@ -32,6 +45,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine.train import resolve_device
 
     cfg = config.load(args.config, args.set)
+    if _is_instance(cfg.model.name):
+        from .engine.instance_cli import eval_command
+
+        return eval_command(cfg, checkpoint=args.checkpoint, split=args.split, quiet=args.quiet)
     device = resolve_device(cfg.train.device)
     model, _ = load_model(args.checkpoint or Path(cfg.train.out_dir) / "best", device=device)
     ds = build_dataset(cfg.data, args.split or cfg.data.val_split, train=False)
@@ -45,8 +62,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .engine.infer import predict_paths
+    from .engine.instance_cli import is_instance_checkpoint, predict_command
+    from .errors import ConfigError
 
+    if is_instance_checkpoint(args.checkpoint):  # overlays + COCO-RLE JSON; tiling/TTA options do not apply
+        return predict_command(args.checkpoint, args.inputs, args.out, device=args.device, amp=args.amp,
+                               quiet=args.quiet)
+    tta: str | dict = args.tta
+    if args.scales is not None:
+        try:
+            scales = [float(s) for s in args.scales.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--scales {args.scales!r} must be comma-separated numbers, e.g. 0.75,1,1.25") from None
+        if args.tta == "none":
+            raise ConfigError("--scales needs --tta flip+scales (or --tta scales)")
+        tta = {"flips": ["h"] if args.tta.startswith("flip") else [], "scales": scales}
+    elif args.tta == "scales":
+        tta = {"flips": [], "scales": [0.75, 1.0, 1.25]}
     result = predict_paths(args.checkpoint, args.inputs, args.out, device=args.device, amp=args.amp,
+                           channels_last=args.channels_last, tile=args.tile, overlap=args.overlap, tta=tta,
+                           crf=args.crf, batch_size=args.batch_size, formats=args.format, backend=args.backend,
                            progress=not args.quiet)
     print(f"wrote {len(result['written'])} prediction(s) to {args.out}"
           + (f"; skipped {len(result['failed'])} unreadable file(s)" if result["failed"] else ""))
@@ -77,6 +112,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeLimits, serve
+
+    limits = ServeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, workers=args.workers,
+                         max_queue=args.max_queue, timeout_s=args.timeout)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, amp=args.amp,
+          backend=args.backend, limits=limits)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .engine.demo import run_demo
 
@@ -84,6 +129,51 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(result["table"])
     print(f"\nfinal validation mIoU: {result['scores']['miou']:.4f}")
     print(f"report: {Path(result['report']).resolve()}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from . import config
+    from .data import class_names
+    from .data.check import check_dataset
+
+    cfg = config.load(args.config, args.set)
+    report = check_dataset(cfg, args.split or None, workers=args.workers)
+    try:
+        names = class_names(cfg.data)
+    except PixelwiseError:
+        names = None  # a wrong class_names list must not hide the data problems
+    print(report.format(names))
+    path = report.write_json(args.json or Path(cfg.train.out_dir) / "check.json", names)
+    print(f"JSON report: {path}")
+    return 0 if report.ok else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.checkpoint import load_model
+    from .export import export_onnx, export_torchscript
+
+    model, config = load_model(args.checkpoint)
+    data = config.get("data", {})
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    out = Path(args.out) if args.out else Path(args.checkpoint) / (("pipeline" if args.pipeline else "model") + suffix)
+    common = {"height": args.height, "width": args.width, "dynamic": not args.static, "pipeline": args.pipeline,
+              "mean": data.get("mean"), "std": data.get("std"), "layout": args.layout,
+              "min_agreement": args.min_agreement}
+    if args.format == "onnx":
+        export_onnx(model, out, opset=args.opset, **common)
+    else:
+        if args.opset is not None:
+            raise PixelwiseError("--opset applies to --format onnx only; drop it for torchscript")
+        export_torchscript(model, out, **common)
+    return 0
+
+
+def _cmd_separate(args: argparse.Namespace) -> int:
+    from .audio import separate
+
+    source, residual = separate(args.checkpoint, args.input, args.out, device=args.device)
+    print(f"wrote {source} and {residual}")
     return 0
 
 
@@ -115,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster with oneDNN/cuDNN)")
+    p.add_argument("--tile", type=int, help="sliding-window tile size, e.g. 512 (default: whole image)")
+    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction (default 0.25)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "scales", "flip+scales"],
+                   help="test-time augmentation: horizontal flip and/or scales")
+    p.add_argument("--scales", help="TTA scales, e.g. 0.75,1,1.25 (default for flip+scales)")
+    p.add_argument("--crf", action="store_true", help="refine with a dense CRF")
+    p.add_argument("--format", default="png,color,overlay",
+                   help="comma-separated outputs: png,color,overlay,coco-rle,csv-rle (default png,color,overlay)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     common(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -123,6 +224,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flops", action="store_true", help="also count FLOPs at 512x512 (slow: minutes on a CPU)")
     p.add_argument("--encoders", action="store_true", help="also list encoder names")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("check", help="read the whole dataset once and report problems and class statistics")
+    p.add_argument("config")
+    p.add_argument("--split", action="append", default=[], help="split to check, repeatable (default: train and val)")
+    p.add_argument("--workers", type=int, default=None, help="parallel reader threads (default: CPU count)")
+    p.add_argument("--json", help="JSON report path (default: OUT_DIR/check.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("serve", help="serve a saved model over HTTP with a browser page")
+    p.add_argument("checkpoint", help="model folder (config.json + model.safetensors)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (default: this one)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--workers", type=int, default=1, help="images segmented at the same time")
+    p.add_argument("--max-queue", type=int, default=8, help="requests waiting beyond that get HTTP 503")
+    p.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest upload (HTTP 413)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest width*height (HTTP 413)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds before HTTP 504")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("export", help="export a saved model to ONNX or TorchScript and check it against PyTorch")
+    p.add_argument("checkpoint", help="model folder (config.json + model.safetensors)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--out", help="output file (default: CHECKPOINT/model.onnx, model.pt, or pipeline.*)")
+    p.add_argument("--height", type=int, default=512, help="trace and parity-check height")
+    p.add_argument("--width", type=int, default=512, help="trace and parity-check width")
+    p.add_argument("--static", action="store_true", help="fixed batch/height/width (default: dynamic axes)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="include normalisation + argmax: uint8 images in, int64 labels out")
+    p.add_argument("--layout", default="nhwc", choices=["nhwc", "nchw"], help="pipeline image layout")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--min-agreement", type=float, default=0.999,
+                   help="fail if the argmax agreement with PyTorch is lower")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("separate", help="split a WAV file into source + residual with a saved audio separator")
+    p.add_argument("checkpoint", help="separator folder (config.json + model.safetensors, from save_separator)")
+    p.add_argument("input", help="WAV file (PCM); other sample rates are resampled to the model's")
+    p.add_argument("--out", required=True, help="output folder for NAME_source.wav and NAME_residual.wav")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_separate)
 
     p = sub.add_parser("demo", help="train, evaluate and report on the built-in synthetic dataset")
     p.add_argument("--out", default="runs/demo")
@@ -139,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the last completed checkpoint is kept (resume with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # The trainer's graceful stop (first SIGINT/SIGTERM) says where it saved; a raw Ctrl-C does not.
+        where = f" ({err.args[0]})" if err.args else "; the last completed checkpoint is kept"
+        print(f"interrupted{where}; resume with --resume", file=sys.stderr)
         return 130
 
 
