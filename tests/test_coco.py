@@ -14,7 +14,7 @@ from pixelwise.config import DataCfg
 from pixelwise.data import build_dataset, class_names
 from pixelwise.data.coco import CocoIndex, CocoInstances, CocoSegmentation, collate_instances, segmentation_to_mask
 from pixelwise.data.io import write_image
-from pixelwise.errors import DataError
+from pixelwise.errors import ConfigError, DataError
 
 H, W = 16, 20
 
@@ -217,3 +217,25 @@ def test_image_size_mismatch(coco_root):
     write_image(coco_root / "val2017" / "a.jpg", np.zeros((H + 2, W, 3), np.uint8))
     with pytest.raises(DataError, match="a.jpg.*20x18.*says 20x16"):
         CocoSegmentation(_index(coco_root), num_classes=3).load(0)
+
+
+def test_coco_instances_builder_feeds_the_instance_engine(coco_root):
+    from pixelwise.config import ExperimentCfg, ModelCfg
+    from pixelwise.engine.instance import build_instance_dataset
+
+    cfg = ExperimentCfg(model=ModelCfg(name="maskrcnn"),
+                        data=DataCfg(dataset="coco_instances", root=str(coco_root), num_classes=3, augment="none",
+                                     train_split="val", val_split="val"))
+    ds = build_instance_dataset(cfg, "val", train=False)
+    assert ds.class_names == ["background", "cat", "dog"]
+    image, target = ds[0]
+    assert image.shape == (3, H, W) and target["image_id"] == 1 and target["name"] == "a"
+    # Crowd left out; boxes are tight around the masks (polygon rasterisation decides the edge pixels).
+    assert target["labels"].tolist() == [2, 1, 2]
+    for box, mask in zip(target["boxes"], target["masks"]):
+        rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+        assert box.tolist() == [cols[0].item(), rows[0].item(), cols[-1].item() + 1, rows[-1].item() + 1]
+    np.testing.assert_array_equal(target["masks"][2].numpy(), DOG_RLE)
+    assert ds[2][1]["boxes"].shape == (0, 4)
+    with pytest.raises(ConfigError, match="num_classes=3"):
+        build_dataset(DataCfg(dataset="coco_instances", root=str(coco_root), num_classes=5), "val", train=False)

@@ -23,6 +23,8 @@ from . import kitti as _kitti  # registers "kitti_road"
 from . import labelme as _labelme  # registers "labelme"
 from . import voc as _voc  # registers "voc", "voc_aug", "sbd"
 from . import synthetic as _synthetic
+from . import instances as _instances  # noqa: F401 - registers "synthetic_instances"
+from . import coco_instances as _coco_instances  # noqa: F401 - registers "coco_instances"
 from .folder import FolderDataset
 from .io import colorize, default_palette, overlay, read_image, read_mask, write_image, write_mask
 from .synthetic import SyntheticShapes

@@ -68,7 +68,7 @@ def make_target(masks: np.ndarray, labels: np.ndarray, *, name: str, image_id: i
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(masks) != len(labels):
         raise DataError(f"{name}: {len(masks)} instance masks but {len(labels)} labels; give one label per mask")
-    area = masks.reshape(len(masks), -1).sum(axis=1)
+    area = masks.sum(axis=tuple(range(1, masks.ndim)), dtype=np.int64)
     keep = area > 0
     masks, labels, area = masks[keep], labels[keep], area[keep]
     return {"boxes": torch.from_numpy(masks_to_boxes(masks)).reshape(-1, 4),

@@ -72,7 +72,7 @@ def resolve(folder: str | Path) -> Path:
                       f"pass a folder written by `pixelwise train` or save_model()")
 
 
-def _write_model(tmp: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+def write_model(tmp: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     config = {"model": getattr(model, "config", {}), **meta}
     if not config["model"]:
         raise ValueError("model has no .config; build it with pixelwise.create_model so it can be saved")
@@ -84,7 +84,7 @@ def _write_model(tmp: Path, model: nn.Module, meta: dict[str, Any]) -> None:
 def save_model(model: nn.Module, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically. ``meta`` goes into config.json."""
     with atomic_dir(folder) as tmp:
-        _write_model(tmp, model, meta or {})
+        write_model(tmp, model, meta or {})
     return Path(folder)
 
 
@@ -131,7 +131,7 @@ def save_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim
                     scheduler: Any, trainer: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Atomically write a resumable checkpoint (a saved model + optimizer/scheduler/RNG state)."""
     with atomic_dir(folder) as tmp:
-        _write_model(tmp, model, meta)
+        write_model(tmp, model, meta)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state()}, tmp / TRAINER)
         (tmp / TRAINER_JSON).write_text(json.dumps(trainer, indent=2))

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import ConfigError
-from .checkpoint import TRAINER, TRAINER_JSON, WEIGHTS, _write_model, atomic_dir, resolve, rng_state, set_rng_state
+from .checkpoint import TRAINER, TRAINER_JSON, WEIGHTS, write_model, atomic_dir, resolve, rng_state, set_rng_state
 
 
 def save_train_state(folder: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -27,7 +27,7 @@ def save_train_state(folder: str | Path, *, model: nn.Module, optimizer: torch.o
     """Write ``config.json`` + ``model.safetensors`` (the raw model's weights) + ``trainer.pt``
     (optimiser, scheduler, RNG and ``extras``: name -> ``state_dict()``) + ``trainer.json``."""
     with atomic_dir(folder) as tmp:
-        _write_model(tmp, model, meta)
+        write_model(tmp, model, meta)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
                     "extras": extras}, tmp / TRAINER)
         (tmp / TRAINER_JSON).write_text(json.dumps(trainer, indent=2))
