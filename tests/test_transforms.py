@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from pixelwise.data.transforms import (PRESETS, AffineElasticCrop, PhotometricJitter, build_transform,
                                        tta_for_preset)
+from pixelwise.errors import ConfigError
 
 IGNORE = 255
 
@@ -193,3 +194,18 @@ def test_same_seed_same_augmentation_and_presets_differ():
         assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in runs)
         outs[preset] = torch.stack([r[0][0] for r in runs])
     assert not torch.equal(outs["scale_crop"], outs["standard"])
+
+
+def test_resize_sets_a_fixed_non_square_size_with_nearest_labels():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (37, 90, 3), dtype=np.uint8)
+    mask = np.zeros((37, 90), np.int64)
+    mask[:, 45:] = 1  # two labels: nearest resizing may not invent a third
+    for preset, train in (("none", True), ("none", False), ("standard", False)):
+        tf = build_transform(preset, train=train, crop_size=16, mean=[0.5] * 3, std=[0.5] * 3, resize=[20, 60])
+        out_image, out_mask = tf(image, mask)
+        assert out_image.shape == (3, 20, 60) and out_mask.shape == (20, 60), preset
+        assert set(out_mask.unique().tolist()) == {0, 1}
+        assert (out_mask[:, :29] == 0).all() and (out_mask[:, 31:] == 1).all()
+    with pytest.raises(ConfigError, match=r"data.resize must be \[height, width\]"):
+        build_transform("none", train=True, crop_size=16, mean=[0.5] * 3, std=[0.5] * 3, resize=[20])

@@ -49,6 +49,7 @@ class DataCfg:
     class_names: Union[list, None] = None
     ignore_index: int = 255
     crop_size: int = 64
+    resize: Union[list, None] = None  # [height, width] every image and mask is resized to first
     augment: str = "standard"
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])

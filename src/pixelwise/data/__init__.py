@@ -42,7 +42,7 @@ def build_dataset(cfg: DataCfg, split: str, *, train: bool) -> Dataset:
     except KeyError as err:
         raise ConfigError(f"data.dataset: {err.args[0]}") from None
     transform = build_transform(cfg.augment, train=train, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std,
-                                ignore_index=cfg.ignore_index)
+                                ignore_index=cfg.ignore_index, resize=cfg.resize)
     return builder(cfg, split, train=train, transform=transform)
 
 

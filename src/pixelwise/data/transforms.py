@@ -24,6 +24,11 @@ size only. For every preset except ``"none"``, eval pads to at least ``crop_size
 does not crop: models take any size, and evaluating on whole images measures what users
 will get. :func:`tta_for_preset` names the test-time augmentation that stays within what
 a preset trained on (the flips and the scale range it saw).
+
+``resize=(H, W)`` (``data.resize``) first resizes every image (bilinear) and mask
+(nearest) to a fixed size, in training and evaluation, before the preset: recipes that
+train at one resolution, such as FCN-8s on KITTI Road at 160x576, use it with ``"none"``.
+Metrics are then computed at that resolution.
 """
 
 from __future__ import annotations
@@ -215,6 +220,7 @@ def build_transform(
     std: Sequence[float],
     ignore_index: int = 255,
     seed: int | None = None,
+    resize: Sequence[int] | None = None,
 ) -> SegTransform:
     """Build a preset transform.
 
@@ -225,6 +231,7 @@ def build_transform(
         mean, std: per-channel normalisation on the 0..1 scale.
         ignore_index: mask value for padded and out-of-image pixels.
         seed: seed for the augmentation generator (workers re-seed from torch anyway).
+        resize: optional ``(height, width)`` every pair is resized to first.
 
     Returns:
         callable ``(image uint8 (H, W, 3), mask int (H, W)) -> (FloatTensor (3, H, W),
@@ -237,15 +244,20 @@ def build_transform(
     if crop_size < 1:
         raise ConfigError(f"data.crop_size must be positive, got {crop_size}")
     steps: list = []
+    if resize is not None:
+        if len(resize) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resize):
+            raise ConfigError(f"data.resize must be [height, width] with two positive integers, got {resize!r}")
+        steps.append(A.Resize(int(resize[0]), int(resize[1]), interpolation=cv2.INTER_LINEAR,
+                              mask_interpolation=cv2.INTER_NEAREST))
     if preset != "none" and not train:
         # Bottom/right padding, like pad_collate, so the image keeps its top-left origin.
-        steps = [A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
-                               border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index)]
+        steps += [A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
+                                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index)]
     elif preset != "none":
-        steps = [AffineElasticCrop(size=crop_size, scale=(0.5, 2.0), hflip_p=0.5, rotate=15.0,
-                                   rotate_p=0.0 if preset == "scale_crop" else 0.5,
-                                   elastic_p=0.5 if preset == "unet" else 0.0, elastic_grid=3,
-                                   elastic_magnitude=0.02, fill=0, fill_mask=ignore_index)]
+        steps += [AffineElasticCrop(size=crop_size, scale=(0.5, 2.0), hflip_p=0.5, rotate=15.0,
+                                    rotate_p=0.0 if preset == "scale_crop" else 0.5,
+                                    elastic_p=0.5 if preset == "unet" else 0.0, elastic_grid=3,
+                                    elastic_magnitude=0.02, fill=0, fill_mask=ignore_index)]
         if preset != "scale_crop":
             steps.append(PhotometricJitter(brightness=0.2, contrast=0.2, saturation=0.2, p=0.8))
     compose = A.Compose(steps + _normalise(mean, std), seed=seed)
