@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/pixelwise demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
