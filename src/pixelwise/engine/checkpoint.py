@@ -128,19 +128,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, trainer: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Atomically write a resumable checkpoint (a saved model + optimizer/scheduler/RNG state)."""
+                    scheduler: Any, trainer: dict[str, Any], meta: dict[str, Any],
+                    extras: dict[str, Any] | None = None) -> Path:
+    """Atomically write a resumable checkpoint (a saved model + optimizer/scheduler/RNG state,
+    and ``extras``: name -> ``state_dict()`` of anything else the loop keeps, e.g. EMA)."""
     with atomic_dir(folder) as tmp:
         write_model(tmp, model, meta)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state()}, tmp / TRAINER)
+                    "rng": rng_state(), "extras": extras or {}}, tmp / TRAINER)
         (tmp / TRAINER_JSON).write_text(json.dumps(trainer, indent=2))
     return Path(folder)
 
 
 def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> dict[str, Any]:
-    """Restore a checkpoint written by :func:`save_checkpoint` into live objects; returns trainer.json."""
+                    scheduler: Any, *, with_extras: bool = False) -> Any:
+    """Restore a checkpoint written by :func:`save_checkpoint` into live objects; returns
+    trainer.json, or ``(trainer.json, extras)`` with ``with_extras`` (``{}`` when none were saved)."""
     folder = resolve(folder)
     if not (folder / TRAINER).is_file():
         raise ConfigError(f"{str(folder)!r} holds a model but no training state ({TRAINER}); "
@@ -150,4 +153,5 @@ def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    return json.loads((folder / TRAINER_JSON).read_text())
+    trainer = json.loads((folder / TRAINER_JSON).read_text())
+    return (trainer, state.get("extras", {})) if with_extras else trainer
