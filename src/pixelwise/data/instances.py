@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS, register
-from .synthetic import CLASS_NAMES, _background, _outline, _texture
+from .synthetic import _MIN_VISIBLE, CLASS_NAMES, _background, _contrasting_colour, _outline, _texture
 
 __all__ = [
     "CLASS_NAMES",
@@ -43,10 +43,8 @@ __all__ = [
     "voc_sample",
 ]
 
-# An earlier object keeps at least this fraction of its area when later ones overlap it.
-_MIN_VISIBLE = 0.5
-# Objects must differ from what they are drawn over by this RGB distance (0..441).
-_MIN_CONTRAST = 90.0
+# _MIN_VISIBLE (an earlier object keeps at least this fraction of its area) and the colour
+# contrast rule are the semantic synthetic set's.
 _SHIFT = 4  # cv2 fixed-point bits: sub-pixel outlines
 
 
@@ -269,13 +267,7 @@ class SyntheticInstances(Dataset):
             else:
                 continue  # no placement keeps every earlier object visible enough
             under = image[inside].mean(axis=0)
-            colour = rng.uniform(0.0, 255.0, 3)
-            for _attempt in range(8):
-                if np.linalg.norm(colour - under) >= _MIN_CONTRAST:
-                    break
-                colour = rng.uniform(0.0, 255.0, 3)
-            else:
-                colour = np.where(under < 128.0, 255.0 - rng.uniform(0.0, 40.0, 3), rng.uniform(0.0, 40.0, 3))
+            colour = _contrasting_colour(rng, under)
             fill = np.empty((area, 3), dtype=np.float32)
             fill[:] = colour
             if rng.random() < 0.5:  # textured fill half the time

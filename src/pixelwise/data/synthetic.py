@@ -54,6 +54,17 @@ def _texture(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray
     return np.sign(np.sin(u) * np.sin(v)).astype(np.float32)
 
 
+def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
+    """A random RGB colour at least ``_MIN_CONTRAST`` away from ``under`` (8 tries, then one
+    pushed away from it, which is always possible within 0..255)."""
+    colour = rng.uniform(0.0, 255.0, 3)
+    for _attempt in range(8):
+        if np.linalg.norm(colour - under) >= _MIN_CONTRAST:
+            return colour
+        colour = rng.uniform(0.0, 255.0, 3)
+    return np.where(under < 128.0, 255.0 - rng.uniform(0.0, 40.0, 3), rng.uniform(0.0, 40.0, 3))
+
+
 def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """``(size, size, 3)`` float32: a smooth colour gradient plus a tinted texture."""
     corners = rng.uniform(30.0, 225.0, (2, 2, 3)).astype(np.float32)
@@ -169,14 +180,7 @@ class SyntheticShapes(Dataset):
             else:
                 continue  # no placement keeps the earlier objects visible: skip this one
             under = image[inside].mean(axis=0)
-            colour = rng.uniform(0.0, 255.0, 3)
-            for _attempt in range(8):
-                if np.linalg.norm(colour - under) >= _MIN_CONTRAST:
-                    break
-                colour = rng.uniform(0.0, 255.0, 3)
-            else:
-                # Push away from the colour underneath: always possible within 0..255.
-                colour = np.where(under < 128.0, 255.0 - rng.uniform(0.0, 40.0, 3), rng.uniform(0.0, 40.0, 3))
+            colour = _contrasting_colour(rng, under)
             fill = np.empty((area, 3), dtype=np.float32)
             fill[:] = colour
             style = rng.integers(3)  # solid / stripes / noise
