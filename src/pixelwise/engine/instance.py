@@ -43,7 +43,7 @@ from .instance_eval import STATS, evaluate_instances
 from .logging import append_csv, truncate_csv
 from .optim import build_optimizer
 from .schedule import make_schedule
-from .train import resolve_device, seed_everything
+from .train import model_kwargs, resolve_device, seed_everything
 
 __all__ = [
     "build_instance_dataset",
@@ -62,17 +62,8 @@ def is_instance_model(name: str) -> bool:
 
 def build_instance_model(cfg: ExperimentCfg) -> nn.Module:
     """``create_instance_model`` from the ``model`` section; classes and normalisation from ``data``."""
-    kwargs: dict[str, Any] = {"num_classes": cfg.data.num_classes, "in_channels": cfg.model.in_channels,
-                              "image_mean": list(cfg.data.mean), "image_std": list(cfg.data.std)}
-    if cfg.model.encoder is not None:
-        kwargs["encoder"] = cfg.model.encoder
-    if cfg.model.encoder_weights is not None:
-        kwargs["encoder_weights"] = cfg.model.encoder_weights
-    overlap = set(kwargs) & set(cfg.model.args)
-    if overlap:
-        raise ConfigError(f"model.args must not repeat {sorted(overlap)}; they come from model.encoder, "
-                          f"model.in_channels and data.num_classes / mean / std")
-    return create_instance_model(cfg.model.name, **kwargs, **cfg.model.args)
+    kwargs = model_kwargs(cfg, image_mean=list(cfg.data.mean), image_std=list(cfg.data.std))
+    return create_instance_model(cfg.model.name, **kwargs)
 
 
 def build_instance_dataset(cfg: ExperimentCfg, split: str, *, train: bool) -> Dataset:

@@ -84,17 +84,24 @@ def set_deterministic(enabled: bool, device: torch.device) -> tuple[bool, bool]:
     return previous
 
 
-def build_model(cfg: ExperimentCfg) -> nn.Module:
-    """``create_model`` from the ``model`` section (plus ``data.num_classes``)."""
-    kwargs: dict[str, Any] = {"num_classes": cfg.data.num_classes, "in_channels": cfg.model.in_channels}
+def model_kwargs(cfg: ExperimentCfg, **extra: Any) -> dict[str, Any]:
+    """Constructor keywords from the ``model`` section plus ``data.num_classes`` and ``extra``;
+    ``model.args`` may not repeat any of them."""
+    kwargs: dict[str, Any] = {"num_classes": cfg.data.num_classes, "in_channels": cfg.model.in_channels, **extra}
     if cfg.model.encoder is not None:
         kwargs["encoder"] = cfg.model.encoder
     if cfg.model.encoder_weights is not None:
         kwargs["encoder_weights"] = cfg.model.encoder_weights
     overlap = set(kwargs) & set(cfg.model.args)
     if overlap:
-        raise ConfigError(f"model.args must not repeat {sorted(overlap)}; set them in their own keys")
-    return create_model(cfg.model.name, **kwargs, **cfg.model.args)
+        raise ConfigError(f"model.args must not repeat {sorted(overlap)}; they come from model.encoder, "
+                          f"model.encoder_weights, model.in_channels and the data section")
+    return {**kwargs, **cfg.model.args}
+
+
+def build_model(cfg: ExperimentCfg) -> nn.Module:
+    """``create_model`` from the ``model`` section (plus ``data.num_classes``)."""
+    return create_model(cfg.model.name, **model_kwargs(cfg))
 
 
 def model_meta(cfg: ExperimentCfg) -> dict[str, Any]:
