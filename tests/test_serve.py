@@ -142,6 +142,15 @@ def test_request_shape_errors(client):
     assert "tile" in message and "tta" in message
 
 
+def test_instance_only_option_is_refused(client):
+    resp = client.post("/v1/segment?score_threshold=0.3", content=_encode(_image()))
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "inapplicable_option" and error["message"].startswith("score_threshold:")
+    card = client.get("/v1/model").json()
+    assert card["options"] == ["tile", "overlap", "tta", "crf", "output"]
+
+
 def test_gate_refuses_beyond_capacity_and_times_out():
     async def scenario():
         gate = Gate(workers=1, max_queue=1)
@@ -160,7 +169,7 @@ def test_gate_refuses_beyond_capacity_and_times_out():
 def test_openapi_schema_describes_the_endpoint(client):
     schema = client.get("/openapi.json").json()
     op = schema["paths"]["/v1/segment"]["post"]
-    assert {p["name"] for p in op["parameters"]} == {"tile", "overlap", "tta", "crf", "output"}
+    assert {p["name"] for p in op["parameters"]} == {"tile", "overlap", "tta", "crf", "score_threshold", "output"}
     assert "image" in op["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {"200", "400", "413", "415", "503"} <= set(op["responses"])
     fields = set(schema["components"]["schemas"]["SegmentResponse"]["properties"])

@@ -233,13 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("serve", help="serve a saved model over HTTP with a browser page")
-    p.add_argument("checkpoint", help="model folder (config.json + model.safetensors)")
+    p = sub.add_parser("serve", help="serve a saved semantic or instance model over HTTP with a browser page")
+    p.add_argument("checkpoint", help="model folder (config.json + model.safetensors), semantic or instance")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (default: this one)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="onnxruntime: semantic models only")
     p.add_argument("--workers", type=int, default=1, help="images segmented at the same time")
     p.add_argument("--max-queue", type=int, default=8, help="requests waiting beyond that get HTTP 503")
     p.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest upload (HTTP 413)")

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from ..data.io import read_image, write_image, write_mask
+from ..models.maskrcnn import Instances
 from .evaluate import autocast
 from .infer import expand_inputs
 from .instance import load_instance_model
 from .instance_eval import coco_results, instances_to_semantic
 
-__all__ = ["draw_instances", "instance_colours", "predict_instance_paths"]
+__all__ = ["detect_instances", "draw_instances", "instance_colours", "predict_instance_paths"]
 
 
 def instance_colours(n: int) -> np.ndarray:
@@ -79,6 +80,25 @@ def draw_instances(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labe
 
 
 @torch.no_grad()
+def detect_instances(model: torch.nn.Module, image: np.ndarray, *, device: str | torch.device = "cpu",
+                     amp: str = "none") -> Instances:
+    """Run an instance model (eval mode) on one ``(H, W, 3)`` uint8 RGB image.
+
+    The model normalises and resizes by itself, so it gets the pixels scaled to 0..1 (grey
+    for a one-channel model). Returns :class:`Instances` on ``device`` with float32 boxes,
+    scores and ``(D, H, W)`` mask probabilities, whatever the autocast dtype.
+    """
+    device = torch.device(device)
+    if int(getattr(model, "config", {}).get("in_channels", 3)) == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0).to(device)
+    with autocast(device, amp):
+        det = model([x])[0]
+    return Instances(boxes=det.boxes.float(), labels=det.labels, scores=det.scores.float(), masks=det.masks.float(),
+                     keypoints=det.keypoints, keypoint_scores=det.keypoint_scores)
+
+
+@torch.no_grad()
 def predict_instance_paths(checkpoint: str | Path, inputs: Iterable[str | Path], out: str | Path, *,
                            device: str = "cpu", amp: str = "none", score_threshold: float = 0.5,
                            mask_threshold: float = 0.5, progress: bool = False) -> dict:
@@ -101,10 +121,8 @@ def predict_instance_paths(checkpoint: str | Path, inputs: Iterable[str | Path],
         except ValueError as err:  # DataError: unreadable file; keep going with the others
             failed.append((str(path), str(err)))
             continue
-        x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0).to(device_t)
-        with autocast(device_t, amp):
-            det = model([x])[0]
-        boxes, labels, scores, masks = det.boxes.float(), det.labels, det.scores.float(), det.masks.float()
+        det = detect_instances(model, image, device=device_t, amp=amp)
+        boxes, labels, scores, masks = det.boxes, det.labels, det.scores, det.masks
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
         results += coco_results(image_id, boxes, labels, scores, masks, mask_threshold=mask_threshold)

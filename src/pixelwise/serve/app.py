@@ -1,6 +1,9 @@
 """The FastAPI application: ``/v1/segment``, ``/v1/model``, ``/healthz`` and the browser page ``/``.
 
-The model is loaded once. Segmentation runs in a fixed pool of worker threads behind a
+The model is loaded once: a semantic :class:`~pixelwise.segmenter.Segmenter` or an instance
+:class:`~pixelwise.serve.instance.InstanceSegmenter`, which is called the same way and whose
+responses add an ``instances`` list; query options of the other kind of model are refused
+(HTTP 422), never ignored. Segmentation runs in a fixed pool of worker threads behind a
 bounded queue (:class:`Gate`): a request beyond ``workers + max_queue`` gets HTTP 503 at
 once instead of piling up images in memory, so memory stays flat under any load, and
 every request gets an answer (a result, or a clean 4xx/5xx JSON error).
@@ -24,6 +27,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from ..segmenter import Segmenter
+from .instance import SEMANTIC_ONLY, InstanceSegmenter, instance_items
 from .uploads import RequestError, ServeLimits, decode_upload
 
 __all__ = ["create_app", "Gate"]
@@ -62,12 +66,29 @@ class ClassRle(BaseModel):
     counts: str
 
 
+class MaskRle(BaseModel):
+    size: list[int]
+    counts: str
+
+
+class InstanceItem(BaseModel):
+    id: int
+    class_id: int
+    class_name: str
+    score: float
+    box: list[float]
+    area: int
+    color: str
+    rle: MaskRle
+
+
 class SegmentResponse(BaseModel):
     width: int
     height: int
     classes: list[ClassArea]
     mask: EncodedMask | None = None
     rle: list[ClassRle] | None = None
+    instances: list[InstanceItem] | None = None
     options: dict[str, Any]
     timing_ms: dict[str, float]
 
@@ -146,13 +167,20 @@ def _hex(color: np.ndarray) -> str:
     return "#" + "".join(f"{int(c):02x}" for c in color[:3])
 
 
-def model_card(segmenter: Segmenter, limits: ServeLimits) -> dict[str, Any]:
-    """What a client needs to know: architecture, classes and colours, input conventions, scores."""
+def _task(segmenter: Segmenter | InstanceSegmenter) -> str:
+    return getattr(segmenter, "task", "semantic")
+
+
+def model_card(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits) -> dict[str, Any]:
+    """What a client needs to know: architecture, task, query options, classes and colours, input
+    conventions, scores."""
     config = getattr(segmenter.model, "config", {})
-    return {
+    task = _task(segmenter)
+    card = {
         "name": config.get("name", type(segmenter.model).__name__),
         "architecture": config,
-        "task": "semantic",
+        "task": task,
+        "options": ["score_threshold", "output"] if task == "instance" else [*SEMANTIC_ONLY, "output"],
         "classes": [{"id": i, "name": n, "color": _hex(segmenter.palette[i])}
                     for i, n in enumerate(segmenter.class_names)],
         "input": {"color": "RGB (grey and RGBA are converted)", "dtype": "uint8", "any_size": True,
@@ -161,6 +189,29 @@ def model_card(segmenter: Segmenter, limits: ServeLimits) -> dict[str, Any]:
         "metrics": segmenter.config.get("scores"),
         "limits": limits.as_dict(),
     }
+    if task == "instance":  # the detector resizes every image itself: short side min_size, long side <= max_size
+        card["input"]["resize"] = {"min_size": config.get("min_size"), "max_size": config.get("max_size")}
+    return card
+
+
+def _refuse_inapplicable(task: str, request: Request, *, tile: int | None, tta: str, crf: bool) -> None:
+    """HTTP 422 naming every query option that has no meaning for this server's kind of model.
+
+    No-op values (``tta=none``, ``crf=false``) pass: they ask for nothing the model cannot do.
+    """
+    query = request.query_params
+    if task == "instance":
+        asked = [name for name, given in (("tile", tile is not None), ("overlap", "overlap" in query),
+                                          ("tta", tta != "none"), ("crf", crf)) if given]
+        if asked:
+            raise RequestError(422, "inapplicable_option",
+                               f"{', '.join(asked)}: semantic-model option{'s' if len(asked) > 1 else ''}; this "
+                               f"server has an instance model (Mask R-CNN sees the whole image), so leave "
+                               f"{'them' if len(asked) > 1 else 'it'} out. Its options are score_threshold and output")
+    elif "score_threshold" in query:
+        raise RequestError(422, "inapplicable_option",
+                           "score_threshold: instance-model option; this server has a semantic model, so leave it "
+                           "out. Its options are tile, overlap, tta, crf and output")
 
 
 async def _read_body(request: Request, limits: ServeLimits) -> bytes:
@@ -187,10 +238,11 @@ async def _read_body(request: Request, limits: ServeLimits) -> bytes:
     return data
 
 
-def create_app(segmenter: Segmenter, limits: ServeLimits | None = None) -> FastAPI:
-    """The HTTP application serving ``segmenter``."""
+def create_app(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits | None = None) -> FastAPI:
+    """The HTTP application serving ``segmenter`` (semantic or instance)."""
     limits = limits or ServeLimits()
-    app = FastAPI(title="pixelwise", version="1", description="Semantic segmentation over HTTP.")
+    task = _task(segmenter)
+    app = FastAPI(title="pixelwise", version="1", description="Semantic and instance segmentation over HTTP.")
     gate = Gate(limits.workers, limits.max_queue)
     card = model_card(segmenter, limits)
     page = resources.files("pixelwise.serve").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -217,43 +269,57 @@ def create_app(segmenter: Segmenter, limits: ServeLimits | None = None) -> FastA
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:
-        """The model card: architecture, classes with colours, input conventions, training scores, limits."""
+        """The model card: architecture, task, options, classes with colours, input conventions, scores, limits."""
         return card
 
     @app.post("/v1/segment", response_model=SegmentResponse, responses=_ERRORS,
               openapi_extra={"requestBody": _REQUEST_BODY})
     async def segment(
         request: Request,
-        tile: int | None = Query(None, ge=32, le=limits.max_tile, description="sliding-window tile (pixels)"),
-        overlap: float = Query(0.25, ge=0.0, le=0.75, description="tile overlap fraction"),
-        tta: Literal["none", "flip", "flip+scales"] = Query("none", description="test-time augmentation"),
-        crf: bool = Query(False, description="dense CRF refinement"),
+        tile: int | None = Query(None, ge=32, le=limits.max_tile,
+                                 description="sliding-window tile (pixels); semantic models only"),
+        overlap: float = Query(0.25, ge=0.0, le=0.75, description="tile overlap fraction; semantic models only"),
+        tta: Literal["none", "flip", "flip+scales"] = Query("none",
+                                                            description="test-time augmentation; semantic models only"),
+        crf: bool = Query(False, description="dense CRF refinement; semantic models only"),
+        score_threshold: float = Query(0.5, ge=0.0, le=1.0,
+                                       description="lowest detection score returned; instance models only"),
         output: Literal["png", "rle", "both"] = Query("png", description="mask encoding(s) in the response"),
     ) -> dict[str, Any]:
         """Segment one image (multipart field ``image``, or the raw body)."""
+        _refuse_inapplicable(task, request, tile=tile, tta=tta, crf=crf)
+        if task == "instance":
+            call = {"score_threshold": score_threshold}
+            options: dict[str, Any] = {"score_threshold": score_threshold, "output": output}
+        else:
+            call = {"tile": tile, "overlap": overlap, "tta": False if tta == "none" else tta, "crf": crf}
+            options = {"tile": tile, "overlap": overlap, "tta": tta, "crf": crf, "output": output}
         t0 = time.perf_counter()
         data = await _read_body(request, limits)
         t1 = time.perf_counter()
 
-        def work() -> tuple[np.ndarray, float]:
+        def work() -> tuple[np.ndarray, list[dict[str, Any]] | None, float]:
             image = decode_upload(data, limits)
             start = time.perf_counter()
-            result = segmenter(image, tile=tile, overlap=overlap, tta=False if tta == "none" else tta, crf=crf)
-            return result.labels, (time.perf_counter() - start) * 1000
+            result = segmenter(image, **call)
+            infer_ms = (time.perf_counter() - start) * 1000
+            return result.labels, instance_items(result) if task == "instance" else None, infer_ms
 
-        labels, infer_ms = await gate.run(work, limits.timeout_s)
+        labels, instances, infer_ms = await gate.run(work, limits.timeout_s)
         counts = np.bincount(labels.ravel(), minlength=len(segmenter.class_names))
         total = max(1, labels.size)
         body: dict[str, Any] = {
             "width": int(labels.shape[1]), "height": int(labels.shape[0]),
             "classes": [{"id": i, "name": n, "color": _hex(segmenter.palette[i]), "pixels": int(counts[i]),
                          "fraction": float(counts[i] / total)} for i, n in enumerate(segmenter.class_names)],
-            "options": {"tile": tile, "overlap": overlap, "tta": tta, "crf": crf, "output": output},
+            "options": options,
         }
         if output in ("png", "both"):
             body["mask"] = {"format": "png", "encoding": "base64", "data": _png_base64(labels, segmenter.palette)}
         if output in ("rle", "both"):
             body["rle"] = _rle(labels, segmenter.class_names)
+        if instances is not None:
+            body["instances"] = instances
         body["timing_ms"] = {"upload": (t1 - t0) * 1000, "inference": infer_ms,
                              "total": (time.perf_counter() - t0) * 1000}
         return body
