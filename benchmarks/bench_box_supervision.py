@@ -10,23 +10,23 @@ optional "full masks, long" row (``--long``) trains as many steps as the longest
 to separate "more steps" from "better labels".
 
     PYTHONPATH=src python benchmarks/bench_box_supervision.py [--steps 600] [--rounds 1] [--ignore-variants] [--long]
+        [--device cuda]
 
-Writes ``benchmarks/results/box_supervision.json`` and ``.md``. This is a quality
+Writes ``benchmarks/results/box_supervision.json`` and ``.md`` (``box_supervision_cuda.*`` on
+a GPU, where ``--amp`` means fp16 autocast). This is a quality
 benchmark (mIoU), not a timing one; wall-clock seconds are reported for information.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import add_device_args, cpu_model, now, resolve_device, save
 from pixelwise import create_model
 from pixelwise.weak import (
     boxes_from_mask,
@@ -38,26 +38,14 @@ from pixelwise.weak import (
     train_from_boxes,
 )
 
-RESULTS = Path(__file__).parent / "results"
 NUM_CLASSES = 5
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux) or ``platform``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def val_miou(model, images: np.ndarray, masks: np.ndarray, amp: bool) -> float:
+def val_miou(model, images: np.ndarray, masks: np.ndarray, amp: bool, device: torch.device) -> float:
     from pixelwise.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(NUM_CLASSES, ignore_index=255)
-    cm.update(torch.from_numpy(predict(model, images, amp=amp)), torch.from_numpy(masks))
+    cm.update(torch.from_numpy(predict(model, images, amp=amp, device=device)), torch.from_numpy(masks))
     return cm.compute()["miou"]
 
 
@@ -72,12 +60,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--min-fraction", type=float, default=0.2, help="reset a box below this kept fraction")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast on the CPU")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast on the CPU, fp16 on CUDA")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny convs)")
     parser.add_argument("--ignore-variants", action="store_true", help="also filled-ignore and grabcut-ignore")
     parser.add_argument("--long", action="store_true", help="also full masks trained (rounds + 1) x steps")
+    add_device_args(parser, amp=False)
     args = parser.parse_args()
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     train_x, train_y = synthetic_arrays(args.train, image_size=args.size, seed=args.seed)
@@ -88,7 +78,7 @@ def main() -> None:
         return create_model("unet", num_classes=NUM_CLASSES, base_channels=args.base_channels, depth=3, norm="batch")
 
     common = {"steps_per_round": args.steps, "batch_size": args.batch_size, "lr": args.lr, "amp": args.amp,
-              "seed": args.seed, "min_fraction": args.min_fraction}
+              "seed": args.seed, "min_fraction": args.min_fraction, "device": device}
     rows: list[dict] = []
 
     def full(steps: int, label: str) -> None:
@@ -96,9 +86,9 @@ def main() -> None:
         torch.manual_seed(args.seed)
         model = factory()
         fit(model, train_x, train_y, steps=steps, batch_size=args.batch_size, lr=args.lr, amp=args.amp,
-            seed=args.seed)
+            seed=args.seed, device=device)
         rows.append({"method": label, "steps": steps, "pseudo_miou": 1.0, "pseudo_coverage": 1.0,
-                     "val_miou": val_miou(model, val_x, val_y, args.amp), "seconds": time.perf_counter() - t0})
+                     "val_miou": val_miou(model, val_x, val_y, args.amp, device), "seconds": time.perf_counter() - t0})
         print(rows[-1], flush=True)
 
     full(args.steps, "full masks")
@@ -122,22 +112,19 @@ def main() -> None:
     if args.long:
         full((args.rounds + 1) * args.steps, "full masks, long")
     total = time.perf_counter() - started
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cpu": cpu_model(), "torch": torch.__version__, "numpy": np.__version__,
-            "opencv": __import__("cv2").__version__, "python": platform.python_version(),
+    meta = {"date": now(), "cpu": cpu_model(), "device": str(device), "torch": torch.__version__,
+            "numpy": np.__version__, "opencv": __import__("cv2").__version__, "python": platform.python_version(),
             "config": vars(args), "grabcut_seconds_per_image": grabcut_seconds, "total_seconds": total,
             "grabcut_pseudo": pseudo_label_scores(grabcut_labels, train_y, num_classes=NUM_CLASSES)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "box_supervision.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# Box supervision on the synthetic shapes",
         "",
-        (f"{meta['date']}, {meta['cpu']}, torch {meta['torch']}, OpenCV {meta['opencv']}, "
+        (f"{meta['date']}, {meta['cpu']}, device {meta['device']}, torch {meta['torch']}, OpenCV {meta['opencv']}, "
          f"{args.threads} thread(s), total {total:.0f} s."),
         (f"{args.train} training / {args.val} validation images of {args.size}x{args.size}, U-Net base "
          f"{args.base_channels} depth 3 (batch norm), batch {args.batch_size}, AdamW lr {args.lr} cosine, "
          f"{args.steps} steps per round, seed {args.seed}, refinement reset below {args.min_fraction:.0%} of a box"
-         + (", bf16 autocast." if args.amp else ".")),
+         + ((", bf16 autocast." if device.type == "cpu" else ", fp16 autocast.") if args.amp else ".")),
         ("Pseudo-label mIoU: training labels vs the hidden true masks over the pixels they label (coverage = "
          "that fraction). Single run, one seed: differences of a few points are within run-to-run noise."),
         "",
@@ -149,8 +136,7 @@ def main() -> None:
                      f"| {row.get('resets', '-')} | {row['val_miou']:.3f} |")
     lines.append("")
     lines.append(f"GrabCut: {1000 * grabcut_seconds:.1f} ms per image ({args.size}x{args.size}).")
-    (RESULTS / "box_supervision.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save("box_supervision" if device.type == "cpu" else "box_supervision_cuda", {"meta": meta, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -12,48 +12,33 @@ matrix) and boundary F-score (Csurka et al. 2013, tolerance 0.75 % of the diagon
 from :mod:`pixelwise.metrics`.
 
 (b) Speed. One 512x512 SyntheticShapes image, 21 classes of random softmax
-probabilities, 5 mean-field iterations, CPU; median of ``--runs`` runs, with the lattice
+probabilities, 5 mean-field iterations, on ``--device`` (default the CPU; on CUDA the
+probabilities and the CRF live on the GPU and runs are timed with CUDA events); median of
+``--runs`` runs, with the lattice
 construction timed on its own. ``pydensecrf`` (the C++ reference) is timed in the same
 loop, interleaved, only if it is importable; it is not a dependency of pixelwise and is
 reported as not available otherwise.
 
-    PYTHONPATH=src python benchmarks/bench_crf.py [--runs 5] [--images 16] [--size 256]
+    PYTHONPATH=src python benchmarks/bench_crf.py [--runs 5] [--images 16] [--size 256] [--device cuda]
 
-Writes ``benchmarks/results/crf.json`` and ``benchmarks/results/crf.md``.
+Writes ``benchmarks/results/crf.json`` and ``benchmarks/results/crf.md`` (``crf_cuda.*`` on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
-import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from common import add_device_args, describe, interleave, machine, now, resolve_device, save, timed
 from pixelwise.data import SyntheticShapes
 from pixelwise.metrics import ConfusionMatrix, SurfaceMetrics
 from pixelwise.postprocess import CRFKernels, clean_mask, dense_crf
 
-RESULTS = Path(__file__).parent / "results"
 NUM_CLASSES = 5  # SyntheticShapes
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux) or ``platform``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 LEVELS = ((8, 0.6), (16, 1.0), (32, 1.0))  # (downsampling factor, log-space noise std)
@@ -69,7 +54,7 @@ def coarse_probs(mask: np.ndarray, rng: np.random.Generator, *, factor: int, noi
     return torch.softmax(torch.from_numpy(logits.astype(np.float32)), 0)
 
 
-def quality(images: int, size: int, *, factor: int, noise: float) -> dict:
+def quality(images: int, size: int, *, factor: int, noise: float, device: torch.device) -> dict:
     data = SyntheticShapes(images, image_size=size, seed=1)
     rng = np.random.default_rng(0)
     variants = {
@@ -90,9 +75,9 @@ def quality(images: int, size: int, *, factor: int, noise: float) -> dict:
             if kwargs is None:
                 labels = probs.argmax(0)
             else:
-                start = time.perf_counter()
-                labels = dense_crf(image, probs, **kwargs).argmax(0)
-                seconds.append(time.perf_counter() - start)
+                took, refined = timed(lambda: dense_crf(image, probs.to(device), **kwargs), device=device)
+                labels = refined.argmax(0).cpu()
+                seconds.append(took)
             confusion[name].update(labels[None], target)
             surface[name].update(labels[None], target)
             if name == "dense_crf defaults":
@@ -109,20 +94,21 @@ def quality(images: int, size: int, *, factor: int, noise: float) -> dict:
             "median_seconds_per_image": statistics.median(seconds)}
 
 
-def speed(runs: int) -> dict:
+def speed(runs: int, device: torch.device) -> dict:
     image, _ = SyntheticShapes(1, image_size=512, seed=0).generate(0)
     generator = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(21, 512, 512, generator=generator), 0)
+    probs_on_device = probs.to(device)
     try:
         import pydensecrf.densecrf as pydensecrf  # the C++ reference, optional
     except ImportError:
         pydensecrf = None
 
     def ours() -> None:
-        dense_crf(image, probs, iterations=5)
+        dense_crf(image, probs_on_device, iterations=5)
 
     def build() -> None:
-        CRFKernels(torch.from_numpy(image).permute(2, 0, 1).float(), sxy_gaussian=3.0,
+        CRFKernels(torch.from_numpy(image).permute(2, 0, 1).float().to(device), sxy_gaussian=3.0,
                    sxy_bilateral=80.0, srgb_bilateral=13.0)
 
     def reference() -> None:
@@ -135,16 +121,10 @@ def speed(runs: int) -> dict:
     contenders = {"pixelwise dense_crf (5 iterations)": ours, "pixelwise lattice + filters build only": build}
     if pydensecrf is not None:
         contenders["pydensecrf (C++)"] = reference
-    for run in contenders.values():  # warm-up
-        run()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(runs):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    # One warm-up round, then interleaved timed rounds; pydensecrf runs on the CPU whatever the device.
+    times = interleave(contenders, runs, lambda run: timed(run, device=device)[0])
     return {
-        "workload": "512x512 RGB, 21 classes, 5 mean-field iterations, CPU",
+        "workload": f"512x512 RGB, 21 classes, 5 mean-field iterations, {device.type}",
         "seconds": times,
         "median_seconds": {name: statistics.median(values) for name, values in times.items()},
         "pydensecrf": "available" if pydensecrf is not None else
@@ -158,28 +138,26 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="synthetic images for the quality part")
     parser.add_argument("--size", type=int, default=256, help="side of the synthetic images")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    add_device_args(parser, amp=False)
     args = parser.parse_args()
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    levels = [quality(args.images, args.size, factor=factor, noise=noise) for factor, noise in LEVELS]
-    timing = speed(args.runs)
+    levels = [quality(args.images, args.size, factor=factor, noise=noise, device=device)
+              for factor, noise in LEVELS]
+    timing = speed(args.runs, device)
     result = {
-        "benchmark": "dense CRF refinement: quality on coarse synthetic predictions, speed at 512x512",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "benchmark": f"dense CRF refinement: quality on coarse synthetic predictions, speed at 512x512, {device.type}",
+        "date": now(),
+        "machine": machine(device, args.threads),
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "opencv": cv2.__version__},
         "quality": {"images": args.images, "size": args.size, "levels": levels},
         "speed": timing | {"runs": args.runs},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "crf.json").write_text(json.dumps(result, indent=2) + "\n")
-
-    machine = result["machine"]
     lines = [
         "# Dense CRF: quality and speed",
         "",
-        (f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['torch_threads']} torch threads; "
-         f"torch {torch.__version__}, numpy {np.__version__}, opencv {cv2.__version__}; {result['date']}."),
+        (f"{describe(result['machine'])}; torch {torch.__version__}, numpy {np.__version__}, "
+         f"opencv {cv2.__version__}; {result['date']}."),
         "",
         f"## Quality: {args.images} SyntheticShapes images of {args.size} px, coarse input",
         "",
@@ -205,9 +183,8 @@ def main() -> None:
     ]
     for name, values in timing["seconds"].items():
         lines.append(f"| {name} | {timing['median_seconds'][name]:.2f} | {min(values):.2f} |")
-    lines += ["", f"pydensecrf: {timing['pydensecrf']}.", ""]
-    (RESULTS / "crf.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    lines += ["", f"pydensecrf: {timing['pydensecrf']}."]
+    save("crf" if device.type == "cpu" else "crf_cuda", result, lines)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,21 @@
    bf16 autocast) on the CPU: does loading keep ahead of training?
 3. ``pixelwise check`` on that folder: serial vs thread pool vs process pool.
 
-    PYTHONPATH=src python benchmarks/bench_data.py [--runs 7] [--pairs 100]
+    PYTHONPATH=src python benchmarks/bench_data.py [--runs 7] [--pairs 100] [--device cuda]
 
-Writes ``benchmarks/results/data.json`` and ``benchmarks/results/data.md``.
+Part 2's training step uses bf16 autocast where the CPU has native bf16 kernels and fp32
+elsewhere (emulated bf16 is tens of times slower, no user would train that way).
+``--device cuda`` moves it to the GPU (batches copied from pinned memory, fp16 autocast
+with loss scaling, steps timed with CUDA events): the question then
+is whether the loader keeps ahead of a much faster consumer. Parts 1 and 3 are CPU work
+whatever the device. Writes ``benchmarks/results/data.json`` and ``data.md``
+(``data_cuda.*`` on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -34,22 +37,12 @@ import cv2
 import numpy as np
 import torch
 
+from common import (add_device_args, amp_dtype, autocast, describe, dtype_name, interleave, machine,
+                    native_low_precision, now, resolve_device, save, timed)
 from pixelwise.data.transforms import (AffineElasticCrop, GridElastic, PhotometricJitter, SegTransform,
                                        build_transform)
 
-RESULTS = Path(__file__).parent / "results"
 MEAN, STD, IGNORE, CROP = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 255, 256
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux) or ``platform``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sample_pairs(n: int, size: int = 512) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -99,17 +92,6 @@ def time_pairs(transform, pairs, n: int) -> tuple[float, float]:
         image, mask = pairs[i % len(pairs)]
         transform(image, mask)
     return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
-
-
-def interleave(contenders: dict, runs: int, measure) -> dict[str, list]:
-    """Run every contender once per round, ``runs`` rounds, after one warm-up round."""
-    for item in contenders.values():
-        measure(item)
-    out: dict[str, list] = {name: [] for name in contenders}
-    for _ in range(runs):
-        for name, item in contenders.items():
-            out[name].append(measure(item))
-    return out
 
 
 def bench_augment(runs: int, n: int) -> dict:
@@ -167,7 +149,7 @@ def write_folder(root: Path, n: int) -> None:
         write_mask(root / "train" / "masks" / f"{i:04d}.png", mask)
 
 
-def bench_loader(root: Path, steps: int) -> dict:
+def bench_loader(root: Path, steps: int, device: torch.device, dtype: torch.dtype) -> dict:
     import functools
 
     from torch.utils.data import DataLoader
@@ -181,28 +163,29 @@ def bench_loader(root: Path, steps: int) -> dict:
     dataset = EpochSeeded(build_dataset(cfg, "train", train=True))
     collate = functools.partial(pad_collate, ignore_index=IGNORE)
     torch.manual_seed(0)
-    model = create_model("unet", num_classes=5, base_channels=16, depth=4)
+    model = create_model("unet", num_classes=5, base_channels=16, depth=4).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    cuda = device.type == "cuda"
 
     def step(batch) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = loss_fn(model(batch["image"]).float(), batch["mask"])
+        image = batch["image"].to(device, non_blocking=True)
+        mask = batch["mask"].to(device, non_blocking=True)
+        with autocast(device, dtype):
+            loss = loss_fn(model(image).float(), mask)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     fixed = collate([dataset[i] for i in range(8)])
     step(fixed)  # warm-up
-    compute = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step(fixed)
-        compute.append(time.perf_counter() - start)
+    compute = [timed(step, fixed, device=device)[0] for _ in range(steps)]
     out = {"train_step_s": compute, "loader": {}}
     for workers in (0, 1, 2):
         loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=workers, collate_fn=collate,
-                            drop_last=True, generator=torch.Generator().manual_seed(0))
+                            drop_last=True, generator=torch.Generator().manual_seed(0), pin_memory=cuda)
         load_only, start = [], time.perf_counter()
         iterator = iter(loader)
         next(iterator)  # includes worker start-up
@@ -217,6 +200,8 @@ def bench_loader(root: Path, steps: int) -> dict:
         for _ in range(steps):
             tic = time.perf_counter()
             step(next(iterator))
+            if cuda:
+                torch.cuda.synchronize(device)
             trained.append(time.perf_counter() - tic)
         del iterator
         out["loader"][str(workers)] = {"startup_s": startup, "batch_s": load_only, "train_with_loading_s": trained}
@@ -259,7 +244,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=100, help="pairs per timed augmentation run")
     parser.add_argument("--images", type=int, default=32, help="512x512 pairs in the on-disk folder")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per DataLoader setting")
+    add_device_args(parser)
     args = parser.parse_args()
+    device = resolve_device(args.device)
+    dtype = amp_dtype(device, args.amp_dtype)
+    dtype = dtype if native_low_precision(device, dtype) else torch.float32
     if args.images < 8 * (args.steps + 1):
         parser.error(f"--images must be at least 8 * (--steps + 1) = {8 * (args.steps + 1)} for the DataLoader runs")
     load_before = os.getloadavg()
@@ -267,21 +256,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_folder(Path(tmp), args.images)
         check = bench_check(Path(tmp), max(3, args.runs // 2))
-        loader = bench_loader(Path(tmp), args.steps)
+        loader = bench_loader(Path(tmp), args.steps, device, dtype)
     med = statistics.median
     result = {
         "benchmark": "augmentation 512x512 -> 256x256 (one process), DataLoader vs U-Net step, checker pools",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "cv2_threads": cv2.getNumThreads(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "date": now(), "device": str(device), "train_step_amp": dtype_name(dtype),
+        "machine": machine(device) | {"cv2_threads": cv2.getNumThreads()},
         "versions": {"torch": torch.__version__, "albumentations": A.__version__, "opencv": cv2.__version__,
                      "numpy": np.__version__},
         "runs": args.runs, "pairs_per_run": args.pairs, "augment": augment, "loader": loader, "check_s": check,
         "target_pairs_per_s": 500, "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data.json").write_text(json.dumps(result, indent=2) + "\n")
 
     def wall(values: list) -> float:
         return med(v[0] for v in values)
@@ -293,7 +278,7 @@ def main() -> None:
     base = wall(speeds["pixelwise unet preset (fused warp, elastic p=0.5)"])
     load = result["load_average_1_5_15"]
     lines = ["# Data pipeline: augmentation, loading vs training, checker", "",
-             f"{result['machine']['cpu']}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, "
+             f"{describe(result['machine'])}; torch {torch.__version__}, "
              f"albumentations {A.__version__}, OpenCV {cv2.__version__}; {result['date']}. "
              f"Medians of {args.runs} interleaved runs of {args.pairs} pairs. Shared machine: 1-minute load "
              f"average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after (2 cores). 'per CPU-s' divides "
@@ -312,7 +297,7 @@ def main() -> None:
     lines += [f"| {name} | {wall(v):.0f} | {cpu(v):.0f} |" for name, v in augment["elastic_only_pairs_per_s"].items()]
     step_s = med(loader["train_step_s"])
     lines += ["", f"## DataLoader ({args.images} JPEG/PNG pairs 512x512 on disk, unet preset, batch 8 at 256x256) "
-              f"vs U-Net(base 16) bf16 training step", "",
+              f"vs U-Net(base 16) {dtype_name(dtype)} training step on {device}", "",
               f"Training step on a fixed batch: median {step_s:.3f} s.", "",
               "| workers | start-up s | load one batch s | batches/s | train step with loading s | loading overhead |",
               "|---:|---:|---:|---:|---:|---:|"]
@@ -323,8 +308,7 @@ def main() -> None:
     lines += ["", f"## pixelwise check on {args.images} pairs", "", "| readers | median s | pairs/s |",
               "|---|---:|---:|"]
     lines += [f"| {name} | {wall(v):.3f} | {args.images / wall(v):.0f} |" for name, v in check.items()]
-    (RESULTS / "data.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save("data" if device.type == "cpu" else "data_cuda", result, lines)
 
 
 if __name__ == "__main__":

@@ -167,7 +167,6 @@ def bench_model(key: str, sizes, args, device: torch.device, dtype: torch.dtype,
             rows.append(row)
             print(f"  {key} {row['input']:>12} {name:45s} {row['median_ms']:9.1f} ms  x{row['speedup_vs_peer']:.2f} "
                   f"{gflops:7.1f} GFLOP/s  agree {row.get('argmax_agreement', float('nan')):.4f}", flush=True)
-        del contenders, outputs
     del ours, ours_cl, peer, runners
     gc.collect()
     tmp.cleanup()

@@ -1,63 +1,45 @@
-"""CPU inference latency: pixelwise U-Net-ResNet34 eager / bf16 / ONNX Runtime vs smp eager.
+"""Inference latency: pixelwise U-Net-ResNet34 eager / autocast / ONNX Runtime vs smp eager.
 
 Workload: one ``1x3x512x512`` float32 image, 21 classes, random weights (no download;
 classifier bias zeroed so the argmax is not one class everywhere), eval mode, ``torch.no_grad``.
 Contenders, timed interleaved (one call each per round) so machine noise hits all alike:
 
 - pixelwise eager fp32;
-- pixelwise eager bf16 autocast + channels_last (DESIGN.md's "first-class" CPU options);
+- pixelwise eager bf16 (fp16 on CUDA) autocast + channels_last (DESIGN.md's "first-class"
+  options), where the device has native kernels for it (``--amp on`` forces it);
 - pixelwise exported with ``export_onnx`` (dynamic axes) and run by ``OnnxRuntimeModel``
-  (``ORT_ENABLE_ALL``, as many intra-op threads as torch uses);
+  (``ORT_ENABLE_ALL``, as many intra-op threads as torch uses; with ``--device cuda`` only
+  if onnxruntime has its CUDA provider);
 - segmentation_models_pytorch ``smp.Unet("resnet34", encoder_weights=None, classes=21)`` eager fp32.
 
 It reports medians, ratios against smp, and how well each fast path agrees with pixelwise
 fp32 (argmax agreement, max |logit difference|). ``--profile`` adds ONNX Runtime's own
-per-operator profile (which op types take the time).
+per-operator profile (which op types take the time). ``bench_latency.py`` runs the same
+comparison for seven architectures and two input shapes.
 
-    PYTHONPATH=src python benchmarks/bench_onnx.py [--runs 9] [--profile] [--threads N]
+    PYTHONPATH=src python benchmarks/bench_onnx.py [--runs 9] [--profile] [--threads N] [--device cuda]
 
 Writes ``benchmarks/results/onnx.json`` and ``benchmarks/results/onnx.md`` (``onnx_tN.*``
-with ``--threads N``).
+with ``--threads N``, ``onnx_cuda.*`` on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import json
-import os
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from pixelwise import create_model
+from bench_latency import ort_available
+from common import (add_device_args, amp_dtype, autocast, describe, dtype_name, interleave, machine, median,
+                    native_low_precision, now, resolve_device, save, timed)
 from pixelwise.export import OnnxRuntimeModel, export_onnx
+from zoo import build_peer, build_pixelwise, zero_class_bias
 
-RESULTS = Path(__file__).parent / "results"
 NUM_CLASSES, SIZE = 21, 512
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux) or ``platform``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def timed(fn, x) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
-    out = fn(x)
-    return time.perf_counter() - start, out
 
 
 def ort_profile(path: Path, x: torch.Tensor, threads: int, runs: int = 3) -> list[tuple[str, float]]:
@@ -84,32 +66,32 @@ def ort_profile(path: Path, x: torch.Tensor, threads: int, runs: int = 3) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9, help="timed rounds (each contender once per round)")
-    parser.add_argument("--profile", action="store_true", help="also profile ONNX Runtime per op type")
+    parser.add_argument("--profile", action="store_true", help="also profile ONNX Runtime per op type (CPU)")
     parser.add_argument("--threads", type=int, help="torch and ORT threads (default: torch's); results "
                         "then go to onnx_t{N}.json/.md")
+    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                        help="autocast contender: auto = only with native hardware support")
+    add_device_args(parser)
     args = parser.parse_args()
-    import onnxruntime as ort
+    device = resolve_device(args.device)
     import segmentation_models_pytorch as smp
 
     if args.threads:
         torch.set_num_threads(args.threads)
     stem = f"onnx_t{args.threads}" if args.threads else "onnx"
+    stem = stem if device.type == "cpu" else stem + "_cuda"
     threads = torch.get_num_threads()
+    dtype = amp_dtype(device, args.amp_dtype)
+    use_amp = args.amp == "on" or (args.amp == "auto" and native_low_precision(device, dtype))
+    ort_missing = ort_available(device)
     torch.manual_seed(0)
-    ours = create_model("unet", encoder="resnet34", encoder_weights=None, num_classes=NUM_CLASSES).eval()
-    # With random initialisation the classifier's bias alone picks one class for every pixel,
-    # which would make the argmax-agreement figures trivially 100 %; without it the argmax
-    # varies over the image with small margins (a strict test for bf16).
-    nn.init.zeros_(ours.head[-1].bias)
-    theirs = smp.Unet("resnet34", encoder_weights=None, classes=NUM_CLASSES).eval()
-    ours_cl = create_model("unet", encoder="resnet34", encoder_weights=None, num_classes=NUM_CLASSES).eval()
+    ours = build_pixelwise("unet_resnet34", NUM_CLASSES).eval().to(device)
+    zero_class_bias(ours, NUM_CLASSES)
+    theirs = build_peer("unet_resnet34", NUM_CLASSES).eval().to(device)
+    ours_cl = build_pixelwise("unet_resnet34", NUM_CLASSES).eval()
     ours_cl.load_state_dict(ours.state_dict())
-    ours_cl = ours_cl.to(memory_format=torch.channels_last)
-    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench_onnx_"))
-    report = export_onnx(ours, tmp / "model.onnx", height=SIZE, width=SIZE, verbose=False)
-    runner = OnnxRuntimeModel(tmp / "model.onnx", threads=threads)
+    ours_cl = ours_cl.to(device, memory_format=torch.channels_last)
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)).to(device)
 
     def eager(model):
         def run(inp):
@@ -117,69 +99,75 @@ def main() -> None:
                 return model(inp)
         return run
 
-    def bf16(inp):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    def amp(inp):
+        with torch.no_grad(), autocast(device, dtype):
             return ours_cl(inp.contiguous(memory_format=torch.channels_last)).float()
 
-    contenders = {
-        "pixelwise eager fp32": eager(ours),
-        "pixelwise eager bf16 autocast + channels_last": bf16,
-        "pixelwise ONNX Runtime fp32": runner,
-        "smp.Unet eager fp32": eager(theirs),
-    }
+    amp_name = f"pixelwise eager {dtype_name(dtype)} autocast + channels_last"
+    contenders = {"pixelwise eager fp32": eager(ours)}
+    if use_amp:
+        contenders[amp_name] = amp
+    tmp = Path(tempfile.mkdtemp(prefix="bench_onnx_"))
+    report = None
+    if not ort_missing:
+        report = export_onnx(ours, tmp / "model.onnx", height=SIZE, width=SIZE, verbose=False)
+        providers = ["cuda"] if device.type == "cuda" else None
+        contenders["pixelwise ONNX Runtime fp32"] = OnnxRuntimeModel(tmp / "model.onnx", threads=threads,
+                                                                     providers=providers)
+    smp_name = "smp.Unet eager fp32"
+    contenders[smp_name] = eager(theirs)
     outputs = {}
-    for name, fn in contenders.items():  # warm-up: allocator, oneDNN primitive caches, ORT arenas
-        for _ in range(2):
-            _, outputs[name] = timed(fn, x)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(args.runs):
-        for name, fn in contenders.items():
-            times[name].append(timed(fn, x)[0])
-    medians = {name: statistics.median(v) for name, v in times.items()}
 
-    reference = outputs["pixelwise eager fp32"].float()
+    def measure(name: str) -> float:  # warm-up rounds fill the allocator, oneDNN caches, ORT arenas
+        seconds, outputs[name] = timed(contenders[name], x, device=device)
+        return seconds
+
+    times = interleave({name: name for name in contenders}, args.runs, measure, warmup=2)
+    medians = {name: median(v) for name, v in times.items()}
+
+    reference = outputs["pixelwise eager fp32"].float().cpu()
     agreement = {}
-    for name in ("pixelwise eager bf16 autocast + channels_last", "pixelwise ONNX Runtime fp32"):
-        out = outputs[name].float()
+    for name in contenders:
+        if name in ("pixelwise eager fp32", smp_name):
+            continue
+        out = outputs[name].float().cpu()
         agreement[name] = {"argmax_agreement": (out.argmax(1) == reference.argmax(1)).float().mean().item(),
                            "classes_in_reference_argmax": int(reference.argmax(1).unique().numel()),
                            "max_abs_logit_diff": (out - reference).abs().max().item(),
                            "logit_std": reference.std().item()}
-    smp_name = "smp.Unet eager fp32"
-    profile = ort_profile(tmp / "model.onnx", x, threads) if args.profile else []
+    profile = ort_profile(tmp / "model.onnx", x.cpu(), threads) if args.profile and report else []
+    notes = [] if use_amp else [f"no {dtype_name(dtype)} autocast contender: "
+                                + ("--amp off" if args.amp == "off" else f"no native {dtype_name(dtype)} kernels "
+                                   f"on this {device.type}")]
+    notes += [f"no ONNX Runtime contender: {ort_missing}"] if ort_missing else []
 
+    ort_version = "-" if ort_missing == "onnxruntime is not installed" else __import__("onnxruntime").__version__
     result = {
         "benchmark": f"U-Net-ResNet34 inference, 1x3x{SIZE}x{SIZE} float32, {NUM_CLASSES} classes, "
-                     "random weights, CPU, batch 1",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": threads,
-                    "ort_intra_op_threads": threads, "platform": platform.platform(),
-                    "python": platform.python_version(), "load_average_at_end": os.getloadavg()},
-        "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "smp": smp.__version__},
-        "runs": args.runs,
+                     f"random weights, {device.type}, batch 1",
+        "date": now(),
+        "machine": machine(device, threads) | {"ort_intra_op_threads": threads},
+        "versions": {"torch": torch.__version__, "onnxruntime": ort_version, "smp": smp.__version__},
+        "runs": args.runs, "notes": notes,
         "seconds": times,
         "median_seconds": medians,
         "speedup_vs_smp": {name: medians[smp_name] / medians[name] for name in contenders},
         "agreement_vs_pixelwise_fp32": agreement,
-        "export": {"dynamic": report.dynamic, "opset": report.opset, "export_seconds": report.seconds,
-                   "parity": [vars(c) for c in report.checks]},
+        "export": None if report is None else {
+            "dynamic": report.dynamic, "opset": report.opset, "export_seconds": report.seconds,
+            "parity": [vars(c) | {"shape": list(c.shape)} for c in report.checks]},
         "ort_profile_share_by_op": profile,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-
-    m = result["machine"]
     lines = [
-        "# Inference latency: pixelwise (eager, bf16, ONNX Runtime) vs segmentation_models_pytorch",
+        "# Inference latency: pixelwise (eager, autocast, ONNX Runtime) vs segmentation_models_pytorch",
         "",
         f"{result['benchmark']}; median of {args.runs} interleaved rounds after 2 warm-up calls each.",
-        (f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {threads} torch threads = ORT intra-op threads; "
-         f"load average at the end {', '.join(f'{v:.1f}' for v in m['load_average_at_end'])} (shared machine); "
-         f"torch {torch.__version__}, onnxruntime {ort.__version__}, smp {smp.__version__}; {result['date']}."),
+        (f"{describe(result['machine'])}; ORT intra-op threads = torch threads; torch {torch.__version__}, "
+         f"onnxruntime {ort_version}, smp {smp.__version__}; {result['date']}."),
         "",
-        "| contender | median ms | min ms | speed-up vs smp eager |",
-        "|---|---:|---:|---:|",
     ]
+    lines += [f"- {note}" for note in notes] + ([""] if notes else [])
+    lines += ["| contender | median ms | min ms | speed-up vs smp eager |", "|---|---:|---:|---:|"]
     for name in contenders:
         lines.append(f"| {name} | {1e3 * medians[name]:.0f} | {1e3 * min(times[name]):.0f} | "
                      f"{result['speedup_vs_smp'][name]:.2f}x |")
@@ -189,15 +177,14 @@ def main() -> None:
     for name, a in agreement.items():
         lines.append(f"| {name} | {100 * a['argmax_agreement']:.3f}% | {a['max_abs_logit_diff']:.2e} | "
                      f"{a['logit_std']:.2e} | {a['classes_in_reference_argmax']} |")
-    parity = "; ".join(f"{list(c.shape)}: max diff {c.max_abs_diff:.1e}" for c in report.checks)
-    lines += ["", (f"Export: dynamic={report.dynamic}, opset {report.opset}, {report.seconds:.0f} s including "
-                   f"its parity check ({parity}).")]
+    if report is not None:
+        parity = "; ".join(f"{list(c.shape)}: max diff {c.max_abs_diff:.1e}" for c in report.checks)
+        lines += ["", (f"Export: dynamic={report.dynamic}, opset {report.opset}, {report.seconds:.0f} s including "
+                       f"its parity check ({parity}).")]
     if profile:
         lines += ["", "ONNX Runtime kernel time by operator type:", "", "| op | share |", "|---|---:|"]
         lines += [f"| {op} | {100 * share:.1f}% |" for op, share in profile[:8]]
-    lines.append("")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    save(stem, result, lines)
 
 
 if __name__ == "__main__":

@@ -5,18 +5,17 @@ Starts the real CLI server in a subprocess (a U-Net/ResNet-18 on 5 classes), the
 requests/s (answered with 200), p50/p95 latency of successful requests, the status mix
 (200 / 503 busy / other), transport failures (must be 0: every request gets an answer),
 and the server's RSS sampled every 100 ms (peak, and start vs end of the load to show
-memory stays flat). Writes benchmarks/results/serve.json and serve.md.
+memory stays flat). ``--device cuda`` runs the server's model on the GPU (``serve --device``).
+Writes benchmarks/results/serve.json and serve.md (``serve_cuda.*`` on a GPU).
 
-    PYTHONPATH=src python benchmarks/bench_serve.py --clients 16 --seconds 30
+    PYTHONPATH=src python benchmarks/bench_serve.py --clients 16 --seconds 30 [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -33,23 +32,14 @@ import psutil
 import torch
 from PIL import Image
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import add_device_args, cpu_model, resolve_device
+from common import save as save_results
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
@@ -59,7 +49,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-queue", type=int, default=4)
     parser.add_argument("--size", type=int, default=256)
+    add_device_args(parser, amp=False)
     args = parser.parse_args()
+    device = resolve_device(args.device)  # fails here, not inside the server, when CUDA is missing
 
     from pixelwise import create_model, save
 
@@ -75,7 +67,8 @@ def main() -> None:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     server = subprocess.Popen([sys.executable, "-m", "pixelwise.cli", "serve", str(tmp / "model"), "--port", str(port),
-                               "--workers", str(args.workers), "--max-queue", str(args.max_queue)],
+                               "--workers", str(args.workers), "--max-queue", str(args.max_queue),
+                               "--device", str(device)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -137,7 +130,7 @@ def main() -> None:
     tenth = max(1, len(mem) // 10)
     lat = sorted(latencies)
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": _cpu(), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "device": str(device), "torch": torch.__version__,
         "model": "unet/resnet18, 5 classes", "image": f"{args.size}x{args.size} PNG",
         "clients": args.clients, "seconds": round(wall, 1), "workers": args.workers, "max_queue": args.max_queue,
         "requests": sum(statuses.values()), "status": {str(k): v for k, v in sorted(statuses.items())},
@@ -148,17 +141,14 @@ def main() -> None:
         "rss_first_10pct_mb": round(statistics.median(mem[:tenth]) / 2**20, 1),
         "rss_last_10pct_mb": round(statistics.median(mem[-tenth:]) / 2**20, 1),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serve.json").write_text(json.dumps(result, indent=2))
-    md = ["# Serving load test", "", f"{result['date']}, {result['cpu']}, torch {result['torch']}", "",
+    md = ["# Serving load test", "", f"{result['date']}, {result['cpu']}, device {device}, torch {result['torch']}", "",
           "| clients | workers | queue | s | requests | 200 | 503 | lost | OK/s | p50 ms | p95 ms | RSS start MB | "
           "RSS end MB | RSS peak MB |", "|" + "---|" * 14,
           f"| {args.clients} | {args.workers} | {args.max_queue} | {result['seconds']} | {result['requests']} | "
           f"{statuses[200]} | {statuses[503]} | {len(failures)} | {result['ok_per_s']} | {result['p50_ms']} | "
           f"{result['p95_ms']} | {result['rss_first_10pct_mb']} | {result['rss_last_10pct_mb']} | "
           f"{result['rss_peak_mb']} |", ""]
-    (RESULTS / "serve.md").write_text("\n".join(md))
-    print("\n".join(md))
+    save_results("serve" if device.type == "cpu" else "serve_cuda", result, md)
     if failures:
         print("transport failures:", failures[:5])
         sys.exit(1)

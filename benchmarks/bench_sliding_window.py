@@ -12,18 +12,20 @@ runs in a fresh child process, so its peak RSS (``VmHWM``) is its own. Three par
 3. A 512×512 input: fp32 vs bf16 vs channels_last vs both, interleaved repeats, medians,
    speed-up over fp32 and argmax agreement with fp32.
 
-    PYTHONPATH=src python benchmarks/bench_sliding_window.py [--size 8192 --tile 1024 --repeats 5]
+    PYTHONPATH=src python benchmarks/bench_sliding_window.py [--size 8192 --tile 1024 --repeats 5] [--device cuda]
 
-Writes ``benchmarks/results/sliding_window.json`` and ``benchmarks/results/sliding_window.md``.
+"bf16" above is the autocast dtype where the device has native kernels for it (``--amp-dtype``;
+fp16 by default on CUDA); on a CPU without native bf16 the runs are fp32 + channels_last and
+part 3 has only the fp32 rows. With ``--device cuda`` the model runs on the GPU and each child
+also reports ``torch.cuda.max_memory_allocated``. Writes ``benchmarks/results/sliding_window.json``
+and ``sliding_window.md`` (``sliding_window_cuda.*`` on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,31 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from common import (RESULTS, add_device_args, amp_dtype, dtype_name, machine, native_low_precision, now,
+                    peak_rss_mib, resolve_device, synchronize)
+
 MODEL = {"name": "unet", "encoder": "resnet34", "num_classes": 2}
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux) or ``platform``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (``VmHWM``) in MiB.
-
-    Not ``getrusage().ru_maxrss``: on Linux that maximum is inherited through fork + exec, so
-    a child started by a big parent reports the parent's peak.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status; this benchmark needs Linux")
 
 
 def balanced_model(seed: int = 0):
@@ -91,7 +72,9 @@ def child(spec: dict) -> dict:
     from pixelwise import Segmenter
 
     torch.set_num_threads(spec["threads"])
-    seg = Segmenter.from_pretrained(spec["model_dir"], amp=spec["amp"], channels_last=spec["channels_last"])
+    device = torch.device(spec["device"])
+    seg = Segmenter.from_pretrained(spec["model_dir"], amp=spec["amp"], channels_last=spec["channels_last"],
+                                    device=spec["device"])
     size = spec["size"]
     image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     # oneDNN builds its kernels per input shape on first use; warm up with the shapes the timed
@@ -101,13 +84,18 @@ def child(spec: dict) -> dict:
     seg(warm, tile=spec["tile"], overlap=0.0, batch_size=spec["batch_size"])
     del warm
     baseline = psutil.Process().memory_info().rss / 2**20
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     result = seg(image, tile=spec["tile"], overlap=spec["overlap"], batch_size=spec["batch_size"])
+    synchronize(device)
     seconds = time.perf_counter() - start
     peak = peak_rss_mib()
     labels = result.labels
     out = {"seconds": seconds, "peak_rss_mib": peak, "rss_before_mib": baseline,
            "class_fraction": float((labels == 1).mean())}
+    if device.type == "cuda":
+        out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     if spec.get("save_labels"):
         np.save(spec["save_labels"], labels.astype(np.uint8))
     return out
@@ -123,8 +111,8 @@ def run_child(spec: dict, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def precision_table(model_dir: str, repeats: int, threads: int) -> dict:
-    """Part 3 in this process: 512² forward under four settings, interleaved."""
+def precision_table(model_dir: str, repeats: int, threads: int, device: str, amp: str | None) -> dict:
+    """Part 3 in this process: 512² forward in fp32 / ``amp`` autocast, NCHW / channels_last, interleaved."""
     import numpy as np
     import torch
 
@@ -132,9 +120,11 @@ def precision_table(model_dir: str, repeats: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     image = np.random.default_rng(2).integers(0, 256, (512, 512, 3), dtype=np.uint8)
-    settings = {"fp32": ("none", False), "fp32 channels_last": ("none", True), "bf16": ("bf16", False),
-                "bf16 channels_last": ("bf16", True)}
-    segs = {k: Segmenter.from_pretrained(model_dir, amp=a, channels_last=c) for k, (a, c) in settings.items()}
+    settings = {"fp32": ("none", False), "fp32 channels_last": ("none", True)}
+    if amp:
+        settings |= {amp: (amp, False), f"{amp} channels_last": (amp, True)}
+    segs = {k: Segmenter.from_pretrained(model_dir, amp=a, channels_last=c, device=device)
+            for k, (a, c) in settings.items()}
     reference = segs["fp32"](image, return_probs=True)
     agreement, confident_agreement, max_prob_diff = {}, {}, {}
     confident = reference.probs.max(0) > 0.6
@@ -148,6 +138,7 @@ def precision_table(model_dir: str, repeats: int, threads: int) -> dict:
         for name, seg in segs.items():
             start = time.perf_counter()
             seg(image)
+            synchronize(torch.device(device))
             times[name].append(time.perf_counter() - start)
     medians = {k: statistics.median(v) for k, v in times.items()}
     return {"seconds": times, "median_seconds": medians,
@@ -167,10 +158,15 @@ def main() -> None:
     parser.add_argument("--peer-sizes", default="1024,2048", help="sizes of the whole-image vs tiled comparison")
     parser.add_argument("--threads", type=int, default=torch_threads_default())
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed for the huge-image child")
+    add_device_args(parser)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+    device = resolve_device(args.device)
+    dtype = amp_dtype(device, args.amp_dtype)
+    amp = dtype_name(dtype) if native_low_precision(device, dtype) else None
+    fast = f"{amp} + channels_last" if amp else "fp32 + channels_last"
 
     import numpy as np
     import torch
@@ -183,29 +179,29 @@ def main() -> None:
     save_model(balanced_model(), model_dir,
                {"data": {"num_classes": 2, "class_names": ["background", "object"], "ignore_index": 255,
                          "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}})
-    base = {"model_dir": model_dir, "threads": args.threads, "overlap": args.overlap, "batch_size": args.batch_size}
+    base = {"model_dir": model_dir, "threads": args.threads, "overlap": args.overlap, "batch_size": args.batch_size,
+            "device": str(device), "amp": amp or "none", "channels_last": True}
     # Results are written after every part, so a run cut short still leaves what it measured.
     result: dict = {
         "benchmark": f"sliding-window inference, U-Net/ResNet-34 (2 classes, random weights, head "
-                     f"shifted/scaled so both classes occur with logit margin std 3), CPU, {args.threads} threads",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": args.threads,
-                    "platform": platform.platform(), "python": platform.python_version()},
+                     f"shifted/scaled so both classes occur with logit margin std 3), {device.type}, "
+                     f"{args.threads} threads",
+        "date": now(), "device": str(device), "fast_setting": fast,
+        "machine": machine(device, args.threads),
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__},
         "settings": {"size": args.size, "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size,
                      "repeats": args.repeats, "model": MODEL},
     }
 
     print("part 3: 512x512 precision / layout table", flush=True)
-    result["precision_512"] = precision = precision_table(model_dir, args.repeats, args.threads)
+    result["precision_512"] = precision = precision_table(model_dir, args.repeats, args.threads, str(device), amp)
     for k, v in precision["median_seconds"].items():
         print(f"  {k:20s} median {v:.3f} s  x{precision['speedup_vs_fp32'][k]:.2f}  "
               f"argmax agreement {precision['argmax_agreement_vs_fp32'][k]:.5f}")
     save(result)
 
-    print(f"part 1: {args.size}x{args.size} tiled, tile {args.tile}, bf16 + channels_last", flush=True)
-    big = run_child({**base, "size": args.size, "tile": args.tile, "amp": "bf16", "channels_last": True},
-                    timeout=args.timeout)
+    print(f"part 1: {args.size}x{args.size} tiled, tile {args.tile}, {fast}", flush=True)
+    big = run_child({**base, "size": args.size, "tile": args.tile}, timeout=args.timeout)
     result["huge_image"] = {**big, "under_4_gib": big["peak_rss_mib"] < 4096}
     print(f"  {big['seconds']:.1f} s, peak RSS {big['peak_rss_mib']:.0f} MiB", flush=True)
     save(result)
@@ -213,12 +209,11 @@ def main() -> None:
     print("part 2: whole-image forward (peer) vs tiled, interleaved", flush=True)
     result["whole_vs_tiled"] = peer = {}
     for size in [int(s) for s in args.peer_sizes.split(",")]:
-        runs: dict[str, list[dict]] = {"whole bf16": [], f"tiled {args.tile // 2} bf16": []}
+        runs: dict[str, list[dict]] = {f"whole {amp or 'fp32'}": [], f"tiled {args.tile // 2} {amp or 'fp32'}": []}
         for _ in range(max(1, args.repeats // 2)):
             for name, measured in runs.items():
                 tile = None if name.startswith("whole") else args.tile // 2
-                measured.append(run_child({**base, "size": size, "tile": tile, "amp": "bf16",
-                                             "channels_last": True}, timeout=args.timeout))
+                measured.append(run_child({**base, "size": size, "tile": tile}, timeout=args.timeout))
         peer[str(size)] = {name: {"median_seconds": statistics.median(r["seconds"] for r in rs),
                                   "median_peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
                                   "rss_before_mib": statistics.median(r["rss_before_mib"] for r in rs), "runs": rs}
@@ -228,7 +223,7 @@ def main() -> None:
                   f"{r['median_peak_rss_mib']:.0f} MiB", flush=True)
         save(result)
     largest = max(int(s) for s in peer)
-    whole = peer[str(largest)]["whole bf16"]
+    whole = peer[str(largest)][f"whole {amp or 'fp32'}"]
     # Peak minus the process's resting RSS grows with the pixel count; scale it by pixels from the
     # largest measured size (activations are per pixel; weights and libraries are in the baseline).
     per_pixel = (whole["median_peak_rss_mib"] - whole["rss_before_mib"]) / largest**2
@@ -237,14 +232,15 @@ def main() -> None:
     print(f"  whole-image forward at {args.size}^2 estimated "
           f"{result['huge_image']['whole_image_peak_rss_estimate_mib'] / 1024:.1f} GiB peak RSS")
     save(result)
-    print(f"wrote {RESULTS / 'sliding_window.json'} and {RESULTS / 'sliding_window.md'}")
+    print(f"wrote the results to {RESULTS}")
 
 
 def save(result: dict) -> None:
     """Write the JSON and Markdown results (whatever parts exist so far)."""
+    stem = "sliding_window" if result["device"] == "cpu" else "sliding_window_cuda"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sliding_window.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "sliding_window.md").write_text(markdown(result))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{stem}.md").write_text(markdown(result))
 
 
 def torch_threads_default() -> int:
@@ -263,7 +259,7 @@ def markdown(r: dict) -> str:
     big = r.get("huge_image")
     if big:
         lines += [(f"## {s['size']}×{s['size']} image, tile {s['tile']}, overlap {s['overlap']}, "
-                   f"{s['batch_size']} tiles per batch, bf16 + channels_last"), "",
+                   f"{s['batch_size']} tiles per batch, {r.get('fast_setting', 'bf16 + channels_last')}"), "",
                   "| measure | value |", "|---|---|",
                   f"| wall time | {big['seconds']:.1f} s |",
                   f"| peak RSS (whole process) | {big['peak_rss_mib']:.0f} MiB |",

@@ -10,12 +10,12 @@ as 2 FLOPs; convolutions and matrix products only), in eval mode. 3D U-Net is co
 from __future__ import annotations
 
 import json
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from common import cpu_model
 from pixelwise import list_models
 from pixelwise.models.stats import canonical_stats
 
@@ -31,7 +31,7 @@ def main() -> None:
         print(f"{name:18s} {row['params'] / 1e6:8.2f} M params {row['gflops']:9.1f} GFLOPs  ({row['input']})", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine()}
+            "machine": cpu_model()}
     (OUT / "models.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = ["# Canonical configurations: parameters and FLOPs", "",
              f"FlopCounterMode, eval, batch 1; {meta['date']}, torch {meta['torch']}.", "",
