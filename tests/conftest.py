@@ -11,3 +11,12 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def real_bf16(monkeypatch):
+    """Run bf16 autocast even on a CPU without native bf16, where pixelwise would fall back to
+    fp32 (slow there, but the tests' models are tiny): the bf16 code path itself is under test."""
+    import pixelwise.engine.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "cpu_has_fast_bf16", lambda: True)

@@ -197,7 +197,7 @@ def test_3d_flip_tta_with_sliding_window():
     torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-5)
 
 
-def test_bf16_autocast_and_channels_last_agree_with_fp32():
+def test_bf16_autocast_and_channels_last_agree_with_fp32(real_bf16):
     torch.manual_seed(0)
     model = create_model("unet", num_classes=3, base_channels=4, depth=2, norm="batch").eval()
     image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)

@@ -128,7 +128,7 @@ def test_save_pretrained_round_trip_keeps_palette_tile_and_predictions(model_dir
     np.testing.assert_array_equal(again(image).labels, again(image, tile=32).labels)
 
 
-def test_bf16_segmenter_agrees_with_fp32(model_dir):
+def test_bf16_segmenter_agrees_with_fp32(model_dir, real_bf16):
     image = _image(48, 48)
     fp32 = Segmenter.from_pretrained(model_dir)(image).labels
     bf16 = Segmenter.from_pretrained(model_dir, amp="bf16", channels_last=True)(image).labels

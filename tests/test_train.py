@@ -47,7 +47,7 @@ def test_train_writes_run_folder_and_learns(tmp_path):
     assert not any(p.name.startswith(".") for p in run.iterdir())  # no temporary folders left
 
 
-def test_max_steps_and_bf16_autocast(tmp_path):
+def test_max_steps_and_bf16_autocast(tmp_path, real_bf16):
     cfg = tiny_cfg(tmp_path / "run", max_steps=5, amp="bf16", channels_last=True, grad_clip=1.0, optimizer="sgd")
     state = train_mod.train(cfg, progress=False)
     assert state["step"] == 5
@@ -200,3 +200,19 @@ def test_augmented_training_does_not_depend_on_the_worker_count(tmp_path):
         runs.append(_weights(tmp_path / f"w{workers}"))
     for key in runs[0]:
         assert torch.allclose(runs[0][key].float(), runs[1][key].float(), atol=1e-6), key
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(monkeypatch):
+    import pixelwise.engine.evaluate as evaluate
+
+    layer = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    monkeypatch.setattr(evaluate, "cpu_has_fast_bf16", lambda: True)
+    with evaluate.autocast(torch.device("cpu"), "bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    monkeypatch.setattr(evaluate, "cpu_has_fast_bf16", lambda: False)
+    evaluate._warn_slow_bf16.cache_clear()
+    with pytest.warns(RuntimeWarning, match="no native bf16.*running in fp32"):
+        ctx = evaluate.autocast(torch.device("cpu"), "bf16")
+    with ctx:
+        assert layer(x).dtype == torch.float32

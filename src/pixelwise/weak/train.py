@@ -11,7 +11,6 @@ trained on with the main trainer like any folder dataset.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.evaluate import autocast
 from ..errors import DataError, PixelwiseError, TrainingError
 from ..metrics import ConfusionMatrix
 from .boxes import (
@@ -76,9 +76,8 @@ def _to_input(images: np.ndarray) -> torch.Tensor:
 
 
 def _autocast(amp: bool, device: torch.device):
-    if not amp:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
+    """bf16 on the CPU, fp16 on CUDA (the engine's rules, incl. the fp32 fallback on CPUs without bf16)."""
+    return autocast(device, ("bf16" if device.type == "cpu" else "fp16") if amp else "none")
 
 
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, steps: int, batch_size: int = 8,
