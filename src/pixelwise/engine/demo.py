@@ -26,7 +26,7 @@ DEMO = {
     "model": {"name": "unet", "args": {"base_channels": 16, "depth": 4, "norm": "batch"}},
     "data": {"dataset": "synthetic", "num_classes": 5, "crop_size": 64, "augment": "none",
              "batch_size": 16, "train_samples": 4096, "val_samples": 128, "seed": 0},
-    "train": {"epochs": 5, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0001,
+    "train": {"epochs": 3, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0001,
               "loss": [{"name": "ce", "weight": 1.0}, {"name": "dice", "weight": 0.5}],
               "amp": "bf16", "channels_last": True, "val_every": 1, "log_every": 10, "out_dir": "runs/demo"},
 }
