@@ -1,10 +1,11 @@
 # Two commands: `make demo` and `make test`. Both create/update .venv first.
+# `make bench` measures pixelwise against its peers in a separate .venv-bench (see benchmarks/README.md).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean bench
 
 install: $(STAMP)
 
@@ -29,5 +30,28 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=25
 
+# The peers (segmentation_models_pytorch, torchmetrics) live only in their own venv, built
+# without system site-packages, so `make test` and the project's dependencies never need them.
+BENCH_VENV  := .venv-bench
+BENCH_PY    := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+# Modest defaults (about 40 minutes on 2 CPU cores); override e.g.
+# `make bench BENCH_ROUNDS=9` or `make bench BENCH_DEVICE=cuda` on a GPU machine.
+BENCH_ROUNDS ?= 5
+BENCH_DEVICE ?= cpu
+
+$(BENCH_STAMP): pyproject.toml Makefile
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BENCH_PY) -m pip install --quiet -e ".[bench,export,coco,medical]" psutil
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) benchmarks/peak.py --device $(BENCH_DEVICE)
+	$(BENCH_PY) benchmarks/bench_metrics.py --device $(BENCH_DEVICE)
+	$(BENCH_PY) benchmarks/bench_latency.py --device $(BENCH_DEVICE) --models all --sizes 1x512,4x256 \
+	  --rounds $(BENCH_ROUNDS)
+	$(BENCH_PY) benchmarks/bench_train.py --device $(BENCH_DEVICE) --models all --repeats 2 --steps 2
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache

@@ -19,7 +19,7 @@ each per round, after warm-up rounds) so that machine noise hits all alike:
 
 Reported per model and input: median ms, speed-up over the peer, GFLOP/s (FLOPs from
 ``torch.utils.flop_counter``, counted for each side's own network) and the fraction of
-this device's measured matmul peak in the contender's precision, and each fast path's
+this device's measured peak in the contender's precision, and each fast path's
 argmax agreement and max |logit difference| with pixelwise eager fp32.
 
     PYTHONPATH=src python benchmarks/bench_latency.py [--models all] [--sizes 1x512,4x256]
@@ -40,7 +40,7 @@ import torch
 
 from common import (add_device_args, amp_dtype, autocast, count_flops, describe, dtype_name, interleave, machine,
                     median, native_low_precision, now, resolve_device, save, timed)
-from peak import fraction, peaks
+from peak import describe_peak, fraction, peaks
 from zoo import ZOO, build_peer, build_pixelwise, parse_models, peer_version, zero_class_bias
 
 NUM_CLASSES = 21
@@ -177,12 +177,12 @@ def bench_model(key: str, sizes, args, device: torch.device, dtype: torch.dtype,
 def markdown(result: dict) -> list[str]:
     """Headline table (best pixelwise path per model and input) and the full table."""
     rows, m = result["rows"], result["machine"]
-    peak = ", ".join(f"{k} {v['gflops']:.0f} GFLOP/s" for k, v in result["peak"].items())
+    peak = describe_peak(result["peak"])
     lines = ["# Inference latency: pixelwise vs segmentation_models_pytorch / torchvision", "",
              f"{result['benchmark']}; median of {result['rounds']} interleaved rounds after {result['warmup']} "
              f"warm-up round(s).", "",
              f"{describe(m)}; torch {result['versions']['torch']}, {result['versions']['peers']}, onnxruntime "
-             f"{result['versions'].get('onnxruntime', '-')}; measured matmul peak {peak}; {result['date']}.", ""]
+             f"{result['versions'].get('onnxruntime', '-')}; measured peak {peak}; {result['date']}.", ""]
     lines += [f"- {note}" for note in result["notes"]]
     lines += ["", "## Headline: fastest pixelwise path vs the peer's eager fp32", "",
               "| model | input | peer ms | fastest pixelwise path | ms | speed-up | argmax agreement | "
@@ -245,7 +245,7 @@ def main() -> None:
     if not use_amp:
         notes.append(f"no {dtype_name(dtype)} autocast contender: "
                      + (f"this {device.type} has no native {dtype_name(dtype)} kernels (oneDNN would fall back to "
-                        f"reference code; see the measured {dtype_name(dtype)} matmul peak)" if not native
+                        f"reference code; see the measured {dtype_name(dtype)} peak)" if not native
                         else "--amp off"))
     if ort_missing:
         notes.append(f"no ONNX Runtime contender: {ort_missing}")
@@ -253,7 +253,7 @@ def main() -> None:
         notes.append(f"ONNX Runtime skipped (--no-ort) for: {', '.join(ZOO[k].title for k in keys if k in no_ort)}")
     notes += [f"{ZOO[k].title}: {ZOO[k].note}" for k in keys if ZOO[k].note]
     peak = peaks(device, (torch.float32, dtype))
-    print("matmul peak:", {k: round(v["gflops"], 1) for k, v in peak.items()}, flush=True)
+    print("measured peak:", describe_peak(peak), flush=True)
 
     rows: list[dict] = []
     for key in keys:

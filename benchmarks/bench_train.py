@@ -16,7 +16,7 @@ sides). Contenders per model, each in its own fresh subprocess (so that its peak
 Runs are interleaved (A B C, A B C, ...) so that machine noise hits all alike; the report
 gives each contender's median step time over its runs, images/s, the ratio to the peer's
 fp32, training GFLOP/s (forward + backward FLOPs counted by ``torch.utils.flop_counter``
-on one step) as a fraction of the device's measured matmul peak, and peak memory (RSS on
+on one step) as a fraction of the device's measured peak, and peak memory (RSS on
 the CPU; ``torch.cuda.max_memory_allocated`` on CUDA).
 
     PYTHONPATH=src python benchmarks/bench_train.py [--models all] [--repeats 2] [--steps 3]
@@ -196,12 +196,14 @@ def summarise(key: str, specs: dict, runs: dict[str, list[dict]], peak: dict, de
 
 
 def markdown(result: dict) -> list[str]:
+    from peak import describe_peak
+
     m, rows, cuda = result["machine"], result["rows"], result["device"] != "cpu"
-    peak = ", ".join(f"{k} {v['gflops']:.0f} GFLOP/s" for k, v in result["peak"].items())
+    peak = describe_peak(result["peak"])
     lines = [f"# Training step: pixelwise vs segmentation_models_pytorch / torchvision ({result['device']})", "",
              f"{result['benchmark']}; median over {result['repeats']} interleaved subprocess runs of "
              f"{result['timed_steps_per_run']} timed steps (after {result['warmup_steps']} warm-up step(s)) each.", "",
-             f"{describe(m)}; torch {result['versions']['torch']}, {result['versions']['peers']}; measured matmul "
+             f"{describe(m)}; torch {result['versions']['torch']}, {result['versions']['peers']}; measured "
              f"peak {peak}; {result['date']}.", ""]
     lines += [f"- {note}" for note in result["notes"]]
     memory = "CUDA max allocated MiB" if cuda else "peak RSS MiB (RSS before the first step)"
@@ -221,7 +223,8 @@ def main() -> None:
     parser.add_argument("--models", default="unet_resnet34", help=f"comma-separated or 'all': {', '.join(ZOO)}")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved subprocess runs per contender")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed steps after the FLOP-counting step (which is itself a full step)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per run")
     parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                         help="autocast contenders: auto = only with native hardware support")
@@ -251,7 +254,7 @@ def main() -> None:
     notes = [] if use_amp else [f"no {dtype_name(dtype)} autocast contenders: "
                                 + ("--amp off" if args.amp == "off" else
                                    f"no native {dtype_name(dtype)} kernels on this {device.type} (see the measured "
-                                   f"{dtype_name(dtype)} matmul peak)")]
+                                   f"{dtype_name(dtype)} peak)")]
     notes += [f"{ZOO[k].title}: {ZOO[k].note}" for k in keys if ZOO[k].note]
     notes.append("GFLOP/step: forward + backward convolution and matmul FLOPs counted on one step (about 3x the "
                  "forward's); the optimizer's arithmetic is not counted")
