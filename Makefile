@@ -51,7 +51,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/bench_metrics.py --device $(BENCH_DEVICE)
 	$(BENCH_PY) benchmarks/bench_latency.py --device $(BENCH_DEVICE) --models all --sizes 1x512,4x256 \
 	  --rounds $(BENCH_ROUNDS)
-	$(BENCH_PY) benchmarks/bench_train.py --device $(BENCH_DEVICE) --models all --repeats 2 --steps 2
+	$(BENCH_PY) benchmarks/bench_train.py --device $(BENCH_DEVICE) --models all --repeats 2 --steps 2 --warmup 1
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache
