@@ -209,3 +209,19 @@ def test_resize_sets_a_fixed_non_square_size_with_nearest_labels():
         assert (out_mask[:, :29] == 0).all() and (out_mask[:, 31:] == 1).all()
     with pytest.raises(ConfigError, match=r"data.resize must be \[height, width\]"):
         build_transform("none", train=True, crop_size=16, mean=[0.5] * 3, std=[0.5] * 3, resize=[20])
+
+
+def test_import_pixelwise_does_not_load_albumentations_or_scipy_ndimage():
+    """Inference, export and serving never augment: `import pixelwise` and building a model must not
+    pay for albumentations (~1.5 s, ~45 MiB) or scipy.ndimage; building a transform loads them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pixelwise; from pixelwise import create_model, Segmenter; "
+            "create_model('unet', num_classes=2, base_channels=4, depth=2); "
+            "print(sorted(m for m in ('albumentations', 'scipy.ndimage') if m in sys.modules)); "
+            "from pixelwise.data import build_transform; "
+            "build_transform('unet', train=True, crop_size=32, mean=(0.5,) * 3, std=(0.2,) * 3); "
+            "print('albumentations' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True"

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import ConfigError
 
@@ -119,6 +118,8 @@ def _spline_upsampling(coarse: int, size: int) -> np.ndarray:
     It is ``scipy.ndimage.zoom`` applied to the identity, so ``W @ v`` equals zooming ``v``;
     a 3D zoom is separable, i.e. the product of one such matrix per axis.
     """
+    from scipy import ndimage  # on first use, so that `import pixelwise` does not load scipy
+
     return ndimage.zoom(np.eye(coarse, dtype=np.float64), (size / coarse, 1.0), order=3, mode="nearest",
                         grid_mode=True).astype(np.float32)
 
@@ -132,6 +133,8 @@ def elastic_deform(image: np.ndarray, label: np.ndarray, rng: np.random.Generato
     here). Images are resampled linearly (outside -> 0), labels with nearest neighbour
     (``order=0``: an interpolated label is a wrong label; outside -> ``ignore_index``).
     """
+    from scipy import ndimage
+
     shape = label.shape
     coarse = [max(2, int(np.ceil(s / grid_spacing)) + 1) for s in shape]
     weights = [_spline_upsampling(c, s) for c, s in zip(coarse, shape)]
