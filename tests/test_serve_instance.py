@@ -143,6 +143,14 @@ def test_no_op_options_and_shared_limits(client):
     assert resp.status_code == 415
 
 
+def test_timeout_message_suits_an_instance_model(model_dir):
+    slow = TestClient(create_app(load_segmenter(str(model_dir)), ServeLimits(timeout_s=1e-4)))
+    resp = slow.post("/v1/segment", content=_png(_image()))
+    assert resp.status_code == 504
+    message = resp.json()["error"]["message"]
+    assert "--timeout" in message and "tta" not in message and "crf" not in message
+
+
 def test_cli_serve_loads_an_instance_checkpoint(model_dir, monkeypatch, capsys):
     import uvicorn
 

@@ -112,7 +112,8 @@ class Gate:
     cannot be killed), so the number of images in memory never exceeds the bound.
     """
 
-    def __init__(self, workers: int, max_queue: int) -> None:
+    def __init__(self, workers: int, max_queue: int, *, hint: str = "use a smaller image or fewer options (tta, crf)") -> None:
+        self.hint = hint  # what the 504 message suggests
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pixelwise-serve")
         self.slots = asyncio.Semaphore(workers)
         self.capacity = workers + max_queue
@@ -135,8 +136,7 @@ class Gate:
             try:
                 return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                raise RequestError(504, "timeout", f"segmentation took longer than {timeout_s:.0f} s; use a smaller "
-                                                   f"image or fewer options (tta, crf)") from None
+                raise RequestError(504, "timeout", f"segmentation took longer than {timeout_s:.0f} s; {self.hint}") from None
         finally:
             self.pending -= 1
 
@@ -243,7 +243,10 @@ def create_app(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits | N
     limits = limits or ServeLimits()
     task = _task(segmenter)
     app = FastAPI(title="pixelwise", version="1", description="Semantic and instance segmentation over HTTP.")
-    gate = Gate(limits.workers, limits.max_queue)
+    # tta/crf do not exist for instance models, so their 504 must not suggest dropping them.
+    gate = Gate(limits.workers, limits.max_queue,
+                hint="use a smaller image or fewer options (tta, crf)" if task == "semantic" else
+                "use a smaller image, or start the server with a longer --timeout")
     card = model_card(segmenter, limits)
     page = resources.files("pixelwise.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
