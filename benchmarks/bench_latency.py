@@ -15,6 +15,11 @@ each per round, after warm-up rounds) so that machine noise hits all alike:
 - ``pixelwise ONNX Runtime fp32``: ``export_onnx`` traced at each input size (batch axis
   free), run by ``OnnxRuntimeModel`` with as many intra-op threads as torch; on CUDA only
   if onnxruntime has its CUDA provider. ``--no-ort a,b`` skips it for some models;
+- ``pixelwise ONNX Runtime int8`` (CPU only): that file statically quantised by
+  ``pixelwise.quantize.quantize_onnx`` (QDQ, per-channel int8 weights, uint8 activations),
+  calibrated on 4 uniform-noise RGB images of the input size (the weights are random too, so
+  there is nothing more typical to calibrate on; docs/export.md has the agreement of a trained
+  model). ``--no-int8`` leaves it out. No int8 peak is measured: its "of peak" column is empty;
 - the peer's eager fp32 model, the baseline of every ratio.
 
 Reported per model and input: median ms, speed-up over the peer, GFLOP/s (FLOPs from
@@ -69,6 +74,21 @@ def ort_runner(model: torch.nn.Module, side: int, folder: Path, threads: int, de
     return OnnxRuntimeModel(folder / f"model_{side}.onnx", threads=threads, providers=providers), seconds
 
 
+def int8_runner(fp32_file: Path, side: int, threads: int):
+    """Quantise ``fp32_file`` (see the module docstring); ``(runner, seconds)``."""
+    import numpy as np
+
+    from pixelwise.export import OnnxRuntimeModel
+    from pixelwise.quantize import quantize_onnx
+
+    tic = time.perf_counter()
+    rng = np.random.default_rng(0)
+    calibration = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(4)]
+    target = fp32_file.with_suffix(".int8.onnx")
+    quantize_onnx(fp32_file, target, calibration, max_side=None, min_agreement=0.0, verbose=False)
+    return OnnxRuntimeModel(target, threads=threads), time.perf_counter() - tic
+
+
 def reuse_or_export(runners: dict, model: torch.nn.Module, x: torch.Tensor, folder: Path,
                     device: torch.device) -> dict:
     """An ONNX Runtime runner for ``x``'s size: a graph exported at another size if it gives the
@@ -100,7 +120,7 @@ def ort_available(device: torch.device) -> str | None:
 
 
 def bench_model(key: str, sizes, args, device: torch.device, dtype: torch.dtype, use_amp: bool,
-                use_ort: bool, peak: dict) -> list[dict]:
+                use_ort: bool, peak: dict, use_int8: bool = False) -> list[dict]:
     """All contenders of one model at every input size; one row per (size, contender)."""
     torch.manual_seed(0)
     ours = build_pixelwise(key, NUM_CLASSES).eval().to(device)
@@ -120,7 +140,7 @@ def bench_model(key: str, sizes, args, device: torch.device, dtype: torch.dtype,
                 return model(x).float()
         return run
 
-    rows, runners = [], {}
+    rows, runners, int8 = [], {}, {}
     for batch, side in sizes:
         x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(1)).to(device)
         contenders = {EAGER: (eager(ours), torch.float32),
@@ -133,6 +153,12 @@ def bench_model(key: str, sizes, args, device: torch.device, dtype: torch.dtype,
                 print(f"  {key} {side}px: ONNX graph traced at {runners[side]['traced_at']} px, export "
                       f"{runners[side]['export_seconds']:.0f} s", flush=True)
             contenders["pixelwise ONNX Runtime fp32"] = (runners[side]["runner"], torch.float32)
+            if use_int8:
+                fp32_file = runners[side]["runner"].path
+                if fp32_file not in int8:
+                    int8[fp32_file] = int8_runner(fp32_file, side, torch.get_num_threads())
+                    print(f"  {key} {side}px: int8 quantisation {int8[fp32_file][1]:.0f} s", flush=True)
+                contenders["pixelwise ONNX Runtime int8"] = (int8[fp32_file][0], torch.int8)
         contenders[peer_name] = (eager(peer), torch.float32)
         with torch.no_grad():
             flops = {"pixelwise": count_flops(ours, x), "peer": count_flops(peer, x)}
@@ -161,17 +187,23 @@ def bench_model(key: str, sizes, args, device: torch.device, dtype: torch.dtype,
             if name == EAGER:
                 row["classes_in_argmax"] = int(ref_labels.unique().numel())
                 row["logit_std"] = reference.std().item()
+            if name == "pixelwise ONNX Runtime int8":
+                row["quantize_seconds"] = int8[runners[side]["runner"].path][1]
             if name == "pixelwise ONNX Runtime fp32":
                 row["export_seconds"] = runners[side]["export_seconds"]
                 row["onnx_traced_at"] = runners[side]["traced_at"]
             rows.append(row)
             print(f"  {key} {row['input']:>12} {name:45s} {row['median_ms']:9.1f} ms  x{row['speedup_vs_peer']:.2f} "
                   f"{gflops:7.1f} GFLOP/s  agree {row.get('argmax_agreement', float('nan')):.4f}", flush=True)
-    del ours, ours_cl, peer, runners
+    del ours, ours_cl, peer, runners, int8
     gc.collect()
     tmp.cleanup()
     gc.collect()
     return rows
+
+
+def _percent(value: float) -> str:
+    return "" if value != value else f"{100 * value:.0f}%"  # NaN: no measured peak for that precision
 
 
 def markdown(result: dict) -> list[str]:
@@ -203,7 +235,7 @@ def markdown(result: dict) -> list[str]:
         diff = f"{r['max_abs_logit_diff']:.1e}" if "max_abs_logit_diff" in r else ""
         lines.append(f"| {r['title']} | {r['input']} | {r['contender']} | {r['gflop']:.3g} | {r['median_ms']:.0f} | "
                      f"{r['min_ms']:.0f} | {r['speedup_vs_peer']:.2f}x | {r['gflop_per_s']:.1f} | "
-                     f"{100 * r['fraction_of_peak']:.0f}% | {agree} | {diff} |")
+                     f"{_percent(r['fraction_of_peak'])} | {agree} | {diff} |")
     lines += ["", "Reference (pixelwise eager fp32) logits: " + "; ".join(
         f"{r['title']} {r['input']}: {r['classes_in_argmax']} classes in the argmax, logit std {r['logit_std']:.1e}"
         for r in rows if "classes_in_argmax" in r) + "."]
@@ -226,6 +258,7 @@ def main() -> None:
     parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                         help="autocast contender: auto = only with native hardware support")
     parser.add_argument("--no-ort", default="", help="models to run without the ONNX Runtime contender ('all': none)")
+    parser.add_argument("--no-int8", action="store_true", help="leave out the ONNX Runtime int8 contender")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1x64,2x64, 1 round, no warm-up")
     parser.add_argument("--out", help="results file stem (default latency / latency_cuda / latency_quick)")
     add_device_args(parser)
@@ -258,7 +291,9 @@ def main() -> None:
     rows: list[dict] = []
     for key in keys:
         print(f"{ZOO[key].title} vs {ZOO[key].peer_call}", flush=True)
-        rows += bench_model(key, sizes, args, device, dtype, use_amp, not ort_missing and key not in no_ort, peak)
+        use_ort = not ort_missing and key not in no_ort
+        rows += bench_model(key, sizes, args, device, dtype, use_amp, use_ort, peak,
+                            use_int8=use_ort and device.type == "cpu" and not args.no_int8)
     import torchvision
 
     versions = {"torch": torch.__version__, "torchvision": torchvision.__version__,

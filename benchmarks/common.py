@@ -84,7 +84,7 @@ def amp_dtype(device: torch.device, choice: str | None = None) -> torch.dtype:
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int8: "int8"}[dtype]
 
 
 def native_low_precision(device: torch.device, dtype: torch.dtype) -> bool:

@@ -160,8 +160,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     common = {"height": args.height, "width": args.width, "dynamic": not args.static, "pipeline": args.pipeline,
               "mean": data.get("mean"), "std": data.get("std"), "layout": args.layout,
               "min_agreement": args.min_agreement}
+    if args.int8 and (args.format != "onnx" or not args.calibrate):
+        raise PixelwiseError("--int8 needs --format onnx and --calibrate IMAGES (files or folders of 16-64 images "
+                             "like the ones the model will see; activation ranges come from them)")
     if args.format == "onnx":
         export_onnx(model, out, opset=args.opset, **common)
+        if args.int8:
+            from .data import read_image
+            from .engine.infer import expand_inputs
+            from .quantize import quantize_onnx
+
+            paths = expand_inputs(args.calibrate)[:args.calibrate_limit]
+            quantize_onnx(out, out.with_suffix(".int8.onnx"), [read_image(p) for p in paths],
+                          mean=data.get("mean") or (0.485, 0.456, 0.406), std=data.get("std") or (0.229, 0.224, 0.225),
+                          reduce_range=not args.full_range, min_agreement=args.min_int8_agreement)
     else:
         if args.opset is not None:
             raise PixelwiseError("--opset applies to --format onnx only; drop it for torchscript")
@@ -215,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF")
     p.add_argument("--format", default="png,color,overlay",
                    help="comma-separated outputs: png,color,overlay,coco-rle,csv-rle (default png,color,overlay)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "onnxruntime-int8"])
     common(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -239,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "onnxruntime-int8"],
                    help="onnxruntime: semantic models only")
     p.add_argument("--workers", type=int, default=1, help="images segmented at the same time")
     p.add_argument("--max-queue", type=int, default=8, help="requests waiting beyond that get HTTP 503")
@@ -261,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--min-agreement", type=float, default=0.999,
                    help="fail if the argmax agreement with PyTorch is lower")
+    p.add_argument("--int8", action="store_true",
+                   help="also write an int8 file (NAME.int8.onnx; static quantisation, needs --calibrate)")
+    p.add_argument("--calibrate", nargs="+", metavar="IMAGES", help="calibration images or folders for --int8")
+    p.add_argument("--calibrate-limit", type=int, default=64, help="use at most this many calibration images")
+    p.add_argument("--full-range", action="store_true",
+                   help="--int8 with full 8-bit weights (only for CPUs with VNNI; default 7-bit, see docs/export.md)")
+    p.add_argument("--min-int8-agreement", type=float, default=0.995,
+                   help="fail if the int8 file's argmax agreement with the fp32 file is lower")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("separate", help="split a WAV file into source + residual with a saved audio separator")

@@ -132,9 +132,12 @@ class Segmenter:
 
         ``backend="onnxruntime"`` runs the network with ONNX Runtime (CPU) instead of
         PyTorch, exporting ``model.onnx`` into the folder first if it is not there.
+        ``backend="onnxruntime-int8"`` runs ``model.int8.onnx``, which
+        ``pixelwise export FOLDER --int8 --calibrate IMAGES`` writes (it needs calibration
+        images, so it is never made implicitly; see :mod:`pixelwise.quantize`).
         """
-        if backend not in ("torch", "onnxruntime"):
-            raise ConfigError(f"backend={backend!r} is not known; use 'torch' or 'onnxruntime'")
+        if backend not in ("torch", "onnxruntime", "onnxruntime-int8"):
+            raise ConfigError(f"backend={backend!r} is not known; use 'torch', 'onnxruntime' or 'onnxruntime-int8'")
         folder = resolve(folder)
         model, config = load_model(folder, device=device)
         data = config.get("data")
@@ -143,8 +146,8 @@ class Segmenter:
                               f"save the model with save_model(model, folder, meta={{'data': {{...}}}})")
         names = data.get("class_names") or [f"class_{i}" for i in range(data["num_classes"])]
         model_fn = None
-        if backend == "onnxruntime":
-            model_fn = _onnx_model_fn(model, folder)
+        if backend != "torch":
+            model_fn = _onnx_model_fn(model, folder, int8=backend == "onnxruntime-int8")
         meta = {k: v for k, v in config.items() if k != "model"}
         return cls(model, mean=data["mean"], std=data["std"], class_names=names, palette=config.get("palette"),
                    tile=config.get("tile"), device=device, amp=amp, channels_last=channels_last, config=meta,
@@ -217,12 +220,20 @@ class Segmenter:
                 f"channels_last={self.channels_last}, tile={self.tile})")
 
 
-def _onnx_model_fn(model: nn.Module, folder: Path):
+def _onnx_model_fn(model: nn.Module, folder: Path, *, int8: bool = False):
     try:
         from .export import OnnxRuntimeModel, export_onnx
     except ImportError as err:
         raise ConfigError(f"backend='onnxruntime' needs pixelwise.export (OnnxRuntimeModel, export_onnx), which "
                           f"cannot be imported here ({err}); use backend='torch'") from None
+    if int8:
+        from .quantize import INT8_FILE
+
+        path = folder / INT8_FILE
+        if not path.is_file():
+            raise ConfigError(f"backend='onnxruntime-int8' needs {str(path)!r}; write it with `pixelwise export "
+                              f"{folder} --int8 --calibrate IMAGES` (16-64 images like the ones you will segment)")
+        return OnnxRuntimeModel(path)
     path = folder / "model.onnx"
     if not path.is_file():
         # export_onnx checks ONNX Runtime against PyTorch at the trace size; 256 keeps that quick.
