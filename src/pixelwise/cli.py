@@ -168,11 +168,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.int8:
             from .data import read_image
             from .engine.infer import expand_inputs
+            from .export import IMAGENET_MEAN, IMAGENET_STD
             from .quantize import quantize_onnx
 
             paths = expand_inputs(args.calibrate)[:args.calibrate_limit]
             quantize_onnx(out, out.with_suffix(".int8.onnx"), [read_image(p) for p in paths],
-                          mean=data.get("mean") or (0.485, 0.456, 0.406), std=data.get("std") or (0.229, 0.224, 0.225),
+                          mean=data.get("mean") or IMAGENET_MEAN, std=data.get("std") or IMAGENET_STD,
                           reduce_range=not args.full_range, min_agreement=args.min_int8_agreement)
     else:
         if args.opset is not None:

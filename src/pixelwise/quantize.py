@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, PixelwiseError
+from .export import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["INT8_FILE", "QuantReport", "quantize_onnx"]
 
@@ -109,7 +110,7 @@ def _labels(session, name: str, x: np.ndarray) -> np.ndarray:
 
 
 def quantize_onnx(source: str | Path, path: str | Path, calibration: Iterable[np.ndarray], *,
-                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                   check: Iterable[np.ndarray] | None = None, per_channel: bool = True, reduce_range: bool = True,
                   max_side: int | None = 512, min_agreement: float = 0.995, verbose: bool = True) -> QuantReport:
     """Quantise an fp32 ONNX segmentation file to int8 and check it against the fp32 file.
