@@ -229,7 +229,8 @@ def main() -> None:
     try:
         import segmentation_models_pytorch as smp
     except ImportError as err:
-        raise SystemExit("segmentation_models_pytorch is not installed; `make bench` builds .venv-bench with it") from err
+        raise SystemExit("segmentation_models_pytorch is not installed; "
+                         "`make bench` builds .venv-bench with it") from err
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     sets = [SETS[name]() for name in args.sets.split(",")]

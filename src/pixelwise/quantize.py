@@ -8,8 +8,8 @@ integer convolutions do about twice the arithmetic per instruction, so ::
 
 turns an fp32 file written by :func:`pixelwise.export.export_onnx` into one whose convolutions
 (and matrix products) run in int8 with ONNX Runtime's QDQ format: weights symmetric per
-output channel (7-bit by default, see ``reduce_range``), activations asymmetric uint8 per tensor, activation ranges from the min/max seen
-on the calibration images (``onnxruntime.quantization.quantize_static``). The result is checked
+output channel (7-bit by default, see ``reduce_range``), activations asymmetric uint8 per
+tensor, activation ranges from the min/max seen on the calibration images (``onnxruntime.quantization.quantize_static``). The result is checked
 against the fp32 file on ``check`` images (default: the calibration images): the fraction of
 pixels whose predicted class is the same, and an error below ``min_agreement``.
 
