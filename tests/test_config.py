@@ -37,6 +37,28 @@ def test_wrong_type_is_named():
     assert config.from_dict({"train": {"lr": 1}}).train.lr == 1.0
 
 
+@pytest.mark.parametrize("text, expected", [("3e-4", 3e-4), ("1E-4", 1e-4), ("1.0e12", 1.0e12), (".5", 0.5),
+                                            ("2", 2.0), ("-1e-3", -1e-3), (" 5e-2 ", 5e-2)])
+def test_float_fields_take_what_python_float_takes_in_yaml_and_set(tmp_path, expected, text):
+    # PyYAML (YAML 1.1) reads 3e-4 and 1E-4 as strings; a float field must still take them.
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  lr: {text}\n  grad_clip: {text}\n")
+    cfg = config.load(path)
+    assert cfg.train.lr == expected and type(cfg.train.lr) is float
+    assert cfg.train.grad_clip == expected and type(cfg.train.grad_clip) is float  # float or null
+    cfg = config.load(tmp_path / "c.yaml", [f"train.lr={text}", f"train.weight_decay={text}"])
+    assert cfg.train.lr == expected and cfg.train.weight_decay == expected
+    assert config.from_dict({"train": {"lr": text}}).train.lr == expected
+
+
+def test_strings_that_are_no_number_stay_errors_and_other_fields_keep_strings(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train.lr' must be float, got 'fast'"):
+        config.from_dict({"train": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match=r"'train.epochs' must be int, got '1e3'"):
+        config.from_dict({"train": {"epochs": "1e3"}})  # int fields do not read floats
+    assert config.from_dict({"train": {"out_dir": "1e-4"}}).train.out_dir == "1e-4"
+
+
 def test_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 0.1\n")

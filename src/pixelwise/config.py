@@ -130,6 +130,28 @@ def _type_name(annotation: Any) -> str:
     return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
+def _takes_float(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return float in typing.get_args(annotation)
+    return annotation is float
+
+
+def _as_float(value: Any, annotation: Any) -> Any:
+    """An int, or a string that Python's ``float()`` reads (``3e-4``, ``1E-4``, ``.5``), given to a
+    float field is that float. YAML 1.1, which PyYAML follows, reads ``3e-4`` as a string (it
+    wants ``3.0e-4``), and users write the former."""
+    if not _takes_float(annotation) or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value  # reported as a type error with the key's name
+    return value
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
@@ -144,8 +166,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if dataclasses.is_dataclass(annotation):
             kwargs[key] = _build(annotation, value, path)
             continue
-        if isinstance(value, int) and not isinstance(value, bool) and annotation is float:
-            value = float(value)
+        value = _as_float(value, annotation)
         if not _type_ok(value, annotation):
             raise ConfigError(
                 f"config key {path!r} must be {_type_name(annotation)}, got {value!r} "
