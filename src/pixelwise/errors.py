@@ -20,3 +20,7 @@ class ConfigError(PixelwiseError):
 
 class TrainingError(PixelwiseError):
     """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+class MissingDependencyError(PixelwiseError, ImportError):
+    """An optional package that a feature needs is not installed; the message names the extra."""

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .engine.onnx_runtime import OnnxRuntimeModel
 from .errors import ConfigError, PixelwiseError
+from .optional import require
 
 __all__ = ["ExportReport", "OnnxRuntimeModel", "ParityCheck", "SegmentationPipeline", "StridePadded",
            "export_onnx", "export_torchscript", "stride_of"]
@@ -267,6 +268,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int = 512, width:
     """
     from torch.export import Dim
 
+    for module in ("onnx", "onnxscript"):  # what torch.onnx.export's dynamo path imports
+        require(module, "ONNX export")
     start = time.perf_counter()
     model = model.eval()
     net, stride, min_size, mean, std, shapes = _prepare(model, height=height, width=width, dynamic=dynamic,
@@ -328,7 +331,7 @@ def _reason(err: Exception) -> str:
 
 def _name_axes(onnx_program, dynamic: bool, h_axis: int, w_axis: int) -> tuple[int | str, ...]:
     """Rename the exporter's symbolic axes (``s77``...) to ``batch``/``height``/``width``."""
-    import onnx_ir as ir
+    ir = require("onnx_ir", "ONNX export")
 
     graph = onnx_program.model.graph
     shape = list(graph.inputs[0].shape)

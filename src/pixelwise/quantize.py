@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import ConfigError, PixelwiseError
 from .export import IMAGENET_MEAN, IMAGENET_STD
+from .optional import require
 
 __all__ = ["INT8_FILE", "QuantReport", "quantize_onnx"]
 
@@ -71,7 +72,7 @@ class QuantReport:
 
 
 def _input_spec(path: Path) -> tuple[str, np.dtype, list]:
-    import onnxruntime as ort
+    ort = require("onnxruntime", "int8 quantisation")
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
@@ -136,9 +137,11 @@ def quantize_onnx(source: str | Path, path: str | Path, calibration: Iterable[np
         verbose: print the report.
     """
     try:
-        import onnxruntime as ort
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        ort = require("onnxruntime", "int8 quantisation")
+        quantization = require("onnxruntime.quantization", "int8 quantisation")
+        CalibrationDataReader, QuantFormat = quantization.CalibrationDataReader, quantization.QuantFormat
+        QuantType, quantize_static = quantization.QuantType, quantization.quantize_static
+        quant_pre_process = require("onnxruntime.quantization.shape_inference", "int8 quantisation").quant_pre_process
     except ImportError as err:
         raise ConfigError(f"int8 quantisation needs onnxruntime (with its quantization tools): "
                           f"pip install 'pixelwise[export]' ({err})") from None

@@ -12,21 +12,29 @@ from torch.utils.data import Dataset
 from ..config import DataCfg
 from ..errors import ConfigError
 from ..registry import DATASETS, lookup
-from . import folder as _folder  # noqa: F401 - registers "folder"
-from . import coco as _coco  # registers "coco"
-from . import rle as _rle  # noqa: F401 - registers "rle_csv"
-from . import volume as _volume  # registers "volume"
 from . import ade20k as _ade20k  # registers "ade20k"
 from . import camvid as _camvid  # registers "camvid"
 from . import cityscapes as _cityscapes  # registers "cityscapes"
+from . import coco as _coco  # registers "coco"
+from . import coco_instances as _coco_instances  # noqa: F401 - registers "coco_instances"
+from . import folder as _folder  # noqa: F401 - registers "folder"
+from . import instances as _instances  # noqa: F401 - registers "synthetic_instances"
 from . import kitti as _kitti  # registers "kitti_road"
 from . import labelme as _labelme  # registers "labelme"
-from . import voc as _voc  # registers "voc", "voc_aug", "sbd"
+from . import rle as _rle  # noqa: F401 - registers "rle_csv"
 from . import synthetic as _synthetic
-from . import instances as _instances  # noqa: F401 - registers "synthetic_instances"
-from . import coco_instances as _coco_instances  # noqa: F401 - registers "coco_instances"
+from . import voc as _voc  # registers "voc", "voc_aug", "sbd"
+from . import volume as _volume  # registers "volume"
 from .folder import FolderDataset
-from .io import colorize, default_palette, overlay, read_image, read_mask, write_image, write_mask
+from .io import (
+    colorize,
+    default_palette,
+    overlay,
+    read_image,
+    read_mask,
+    write_image,
+    write_mask,
+)
 from .synthetic import SyntheticShapes
 from .transforms import EpochSeeded, build_transform, pad_collate
 

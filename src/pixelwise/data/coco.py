@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..optional import require
 from ..registry import DATASETS, register
 from .io import read_image
 from .transforms import make_sample
@@ -60,6 +60,7 @@ def segmentation_to_mask(segm: Any, height: int, width: int, *, where: str = "se
     Raises:
         DataError: the segmentation is malformed or its RLE size is not the image size.
     """
+    mask_utils = require("pycocotools.mask", "COCO annotations")
     if isinstance(segm, list):
         polygons = [p for p in segm if len(p) > 0]
         for i, poly in enumerate(polygons):
@@ -258,6 +259,7 @@ class CocoInstances(Dataset):
             if "bbox" in ann:
                 x, y, w, h = (float(v) for v in ann["bbox"])
             else:
+                mask_utils = require("pycocotools.mask", "COCO annotations")
                 x, y, w, h = (float(v) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m))))
             x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
             x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)

@@ -28,7 +28,14 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS, register
-from .synthetic import _MIN_VISIBLE, CLASS_NAMES, _background, _contrasting_colour, _outline, _texture
+from .synthetic import (
+    _MIN_VISIBLE,
+    CLASS_NAMES,
+    _background,
+    _contrasting_colour,
+    _outline,
+    _texture,
+)
 
 __all__ = [
     "CLASS_NAMES",

@@ -33,9 +33,7 @@ Metrics are then computed at that resolution.
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch

@@ -118,7 +118,9 @@ def _spline_upsampling(coarse: int, size: int) -> np.ndarray:
     It is ``scipy.ndimage.zoom`` applied to the identity, so ``W @ v`` equals zooming ``v``;
     a 3D zoom is separable, i.e. the product of one such matrix per axis.
     """
-    from scipy import ndimage  # on first use, so that `import pixelwise` does not load scipy
+    from scipy import (
+        ndimage,  # on first use, so that `import pixelwise` does not load scipy
+    )
 
     return ndimage.zoom(np.eye(coarse, dtype=np.float64), (size / coarse, 1.0), order=3, mode="nearest",
                         grid_mode=True).astype(np.float32)

@@ -32,12 +32,12 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-import nibabel as nib
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..optional import require
 from ..registry import DATASETS, register
 from .rle import in_holdout
 from .transforms import pad_collate
@@ -67,8 +67,12 @@ def read_volume(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"volume file {str(path)!r} does not exist; check the path")
     name = path.name.lower()
+    nifti = name.endswith((".nii", ".nii.gz"))
+    # nibabel is the [medical] extra: only NIfTI files need it, NumPy volumes do not.
+    nib = require("nibabel", f"reading the NIfTI volume {str(path)!r}") if nifti else None
+    corrupt = (OSError, ValueError, EOFError, zipfile.BadZipFile) + ((nib.filebasedimages.ImageFileError,) if nib else ())
     try:
-        if name.endswith((".nii", ".nii.gz")):
+        if nifti:
             array = np.asanyarray(nib.load(str(path)).dataobj)
             # (X, Y, Z) -> (Z, Y, X); a 4D (X, Y, Z, C) -> (C, Z, Y, X).
             array = array.transpose(2, 1, 0) if array.ndim == 3 else (
@@ -86,7 +90,7 @@ def read_volume(path: str | Path) -> np.ndarray:
             raise DataError(f"volume file {str(path)!r} has an unknown suffix; use one of {VOLUME_SUFFIXES}")
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, nib.filebasedimages.ImageFileError) as err:
+    except corrupt as err:
         raise DataError(f"volume file {str(path)!r} cannot be read ({type(err).__name__}: {err}); it is corrupt "
                         f"or truncated: re-export it") from None
     return np.asarray(array)

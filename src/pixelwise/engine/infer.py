@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..data.folder import IMAGE_SUFFIXES
 from ..data.io import _atomic_write, write_image, write_mask
 from ..errors import ConfigError, DataError
+from ..optional import require
 from .evaluate import autocast
 from .sliding import ModelFn
 from .tta import TTA, predict_probs
@@ -111,10 +112,7 @@ def coco_rle_entries(labels: np.ndarray, probs: np.ndarray | None, *, image_id: 
     background): ``{"image_id", "file_name", "category_id", "category_name", "segmentation":
     {"size": [H, W], "counts": str}, "score"}``; ``score`` is the mean probability of the class
     over its pixels (1.0 without ``probs``)."""
-    try:
-        from pycocotools import mask as mask_util
-    except ImportError:
-        raise ConfigError("the coco-rle output needs pycocotools: pip install 'pixelwise[coco]'") from None
+    mask_util = require("pycocotools.mask", "the coco-rle output")
     entries = []
     for c in np.unique(labels):
         c = int(c)

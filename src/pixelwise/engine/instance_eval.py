@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..optional import require
 from .evaluate import autocast
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -31,7 +32,7 @@ STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def _rle(masks: np.ndarray) -> list[dict]:
     """``(K, H, W)`` binary masks -> COCO RLE dicts with ``counts`` as str (JSON-safe)."""
-    from pycocotools import mask as mask_utils
+    mask_utils = require("pycocotools.mask", "COCO evaluation")
 
     if len(masks) == 0:
         return []
@@ -66,7 +67,7 @@ def coco_ground_truth(targets: Iterable[dict], sizes: Iterable[tuple[int, int]],
 
 def masks_area(rle: dict) -> float:
     """Pixel area of one RLE mask."""
-    from pycocotools import mask as mask_utils
+    mask_utils = require("pycocotools.mask", "COCO evaluation")
 
     return float(mask_utils.area(rle))
 
@@ -91,8 +92,8 @@ def coco_evaluate(ground_truth: dict, results: list[dict], *, iou_types: tuple[s
     Values are in 0..1; NaN where COCO reports -1 (no ground truth in that size range).
     With no detections at all every AP is 0 (``loadRes`` refuses an empty list).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    COCO = require("pycocotools.coco", "COCO evaluation").COCO
+    COCOeval = require("pycocotools.cocoeval", "COCO evaluation").COCOeval
 
     scores: dict[str, dict[str, float]] = {}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports with print()

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..optional import require
 
 __all__ = ["InstanceInference", "export_instance_onnx"]
 
@@ -70,7 +71,7 @@ def export_instance_onnx(model: nn.Module, path: str | Path, *, height: int, wid
     result: dict = {"path": str(path), "opset": opset}
     if not check:
         return result
-    import onnxruntime as ort
+    ort = require("onnxruntime", "the ONNX parity check")
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the mask paste loop makes ORT warn about shapes it cannot know

@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..optional import require
+
 
 def tensorboard_available() -> bool:
     """Whether ``torch.utils.tensorboard`` can work (the ``tensorboard`` package is installed)."""
@@ -62,8 +64,7 @@ class RunLogger:
     def writer(self):
         """The TensorBoard ``SummaryWriter``, opened on first use (``None`` when off)."""
         if self.use_tb and self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
+            SummaryWriter = require("torch.utils.tensorboard", "TensorBoard logging").SummaryWriter
             self._writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
         return self._writer
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..optional import require
 
 MODEL_FILE = "model.onnx"
 
@@ -47,7 +48,7 @@ def resolve_providers(providers: Sequence[str] | None) -> list[str]:
     server never runs on a device other than the one asked for. The CPU provider is
     appended as ONNX Runtime's fallback for ops a GPU provider lacks.
     """
-    import onnxruntime as ort
+    ort = require("onnxruntime", "the onnxruntime backend")
 
     available = ort.get_available_providers()
     wanted = [_PROVIDER_ALIASES.get(p.lower(), p) for p in (providers or ["CPUExecutionProvider"])]
@@ -80,7 +81,7 @@ class OnnxRuntimeModel:
 
     def __init__(self, path_or_model_folder: str | Path, *, providers: Sequence[str] | None = None,
                  threads: int | None = None) -> None:
-        import onnxruntime as ort
+        ort = require("onnxruntime", "the onnxruntime backend")
 
         self.path = resolve_onnx_path(path_or_model_folder)
         options = ort.SessionOptions()

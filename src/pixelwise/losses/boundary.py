@@ -32,7 +32,9 @@ def inside_distance(masks: np.ndarray, spacing: list[float] | None = None) -> np
     element (there is nothing to be near). ``spacing`` is the element size per axis of
     ``*S`` (e.g. anisotropic voxels), 1 when ``None``. Returns float64 ``(M, *S)``.
     """
-    from scipy.ndimage import distance_transform_edt  # on first use: keeps `import pixelwise` light
+    from scipy.ndimage import (
+        distance_transform_edt,  # on first use: keeps `import pixelwise` light
+    )
 
     out = np.zeros(masks.shape, dtype=np.float64)
     for index, mask in enumerate(masks):

@@ -24,20 +24,15 @@ import numpy as np
 import torch.distributed as dist
 from torch import Tensor
 
+from ..optional import require
+
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def _pycocotools():
-    try:
-        from pycocotools import mask as mask_utils
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError as error:
-        raise ImportError(
-            "COCO mask AP needs pycocotools, an optional extra: pip install pixelwise[coco] "
-            "(or pip install pycocotools)"
-        ) from error
-    return mask_utils, COCO, COCOeval
+    feature = "COCO mask AP"
+    return (require("pycocotools.mask", feature), require("pycocotools.coco", feature).COCO,
+            require("pycocotools.cocoeval", feature).COCOeval)
 
 
 def _numpy(value: Tensor | np.ndarray | Sequence) -> np.ndarray:

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .confusion import _as_labels, _check_classes, _count_pairs, _reduce_sum
 
+
 class PerImageMetrics:
     """IoU and Dice computed within each image, then averaged over images.
 

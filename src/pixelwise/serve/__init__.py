@@ -15,6 +15,7 @@ __all__ = ["create_app", "load_segmenter", "serve", "ServeLimits", "RequestError
 
 def create_app(segmenter, limits: ServeLimits | None = None):
     """The FastAPI app for ``segmenter`` (see :mod:`pixelwise.serve.app`)."""
+    _require_serve()
     from .app import create_app as _create
 
     return _create(segmenter, limits)
@@ -40,8 +41,16 @@ def load_segmenter(folder: str, *, device: str = "cpu", amp: str = "none", backe
 def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", amp: str = "none",
           backend: str = "torch", limits: ServeLimits | None = None) -> None:
     """Load the saved model (semantic or instance) in ``folder`` once and serve it until interrupted."""
+    _require_serve()
     import uvicorn
 
     segmenter = load_segmenter(folder, device=device, amp=amp, backend=backend)
     print(f"serving {segmenter!r} on http://{host}:{port}/ (API docs: http://{host}:{port}/docs)")
     uvicorn.run(create_app(segmenter, limits), host=host, port=port, log_level="info")
+
+
+def _require_serve() -> None:
+    from ..optional import require
+
+    for module in ("fastapi", "uvicorn", "multipart"):
+        require(module, "pixelwise serve")

@@ -26,6 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel
 
+from ..optional import require
 from ..segmenter import Segmenter
 from .instance import SEMANTIC_ONLY, InstanceSegmenter, instance_items
 from .uploads import RequestError, ServeLimits, decode_upload
@@ -153,7 +154,7 @@ def _png_base64(labels: np.ndarray, palette: np.ndarray) -> str:
 
 
 def _rle(labels: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
-    from pycocotools import mask as mask_utils
+    mask_utils = require("pycocotools.mask", "RLE output")
 
     out = []
     for cls in np.unique(labels):

@@ -25,6 +25,7 @@ from ..engine.instance import load_instance_model
 from ..engine.instance_eval import instances_to_semantic
 from ..engine.instance_predict import detect_instances, instance_colours
 from ..errors import ConfigError
+from ..optional import require
 from ..segmenter import ImageLike, to_rgb
 
 __all__ = ["InstanceResult", "InstanceSegmenter", "instance_items"]
@@ -124,7 +125,7 @@ def instance_items(result: InstanceResult) -> list[dict[str, Any]]:
     """The detections as JSON records: class, score, ``box`` ``[x1, y1, x2, y2]``, mask ``area``,
     a display ``color`` and the mask as COCO RLE (``{"size": [H, W], "counts": str}``, which
     ``pycocotools.mask.decode`` reads once ``counts`` is encoded to bytes)."""
-    from pycocotools import mask as mask_utils
+    mask_utils = require("pycocotools.mask", "instance responses (COCO RLE)")
 
     if len(result.masks) == 0:
         return []

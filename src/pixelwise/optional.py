@@ -1,0 +1,46 @@
+"""Optional dependencies, imported where a feature uses them and never at ``import pixelwise``.
+
+``pip install pixelwise`` gives training, evaluation and prediction; the extras add the rest
+(``[export]``, ``[serve]``, ``[coco]``, ``[medical]``, ``[log]``, ``[all]``). A feature whose
+package is missing fails with :class:`~pixelwise.errors.MissingDependencyError` naming the
+extra to install, instead of a bare ``ModuleNotFoundError`` deep inside a call.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+# Top-level module -> the pixelwise extra (pyproject.toml) that installs it.
+EXTRAS = {
+    "nibabel": "medical",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
+    "onnx_ir": "export",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "pydantic": "serve",
+    "pycocotools": "coco",
+    "tensorboard": "log",
+    "tifffile": "tiff",
+}
+
+
+def require(module: str, feature: str) -> ModuleType:
+    """Import ``module`` (dotted names allowed) for ``feature``, or fail naming the extra.
+
+    >>> ort = require("onnxruntime", "the onnxruntime backend")
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        top = module.split(".")[0]
+        extra = EXTRAS.get(top)
+        fix = f"pip install 'pixelwise[{extra}]'" if extra else f"pip install {top}"
+        raise MissingDependencyError(f"{feature} needs the package {top!r}, which is not installed "
+                                     f"({err}); install it with: {fix}") from None
