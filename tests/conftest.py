@@ -17,6 +17,6 @@ def _seed():
 def real_bf16(monkeypatch):
     """Run bf16 autocast even on a CPU without native bf16, where pixelwise would fall back to
     fp32 (slow there, but the tests' models are tiny): the bf16 code path itself is under test."""
-    import pixelwise.engine.evaluate as evaluate
+    import pixelwise.runtime as runtime
 
-    monkeypatch.setattr(evaluate, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)

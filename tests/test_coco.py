@@ -12,7 +12,13 @@ from torch import nn
 
 from pixelwise.config import DataCfg
 from pixelwise.data import build_dataset, class_names
-from pixelwise.data.coco import CocoIndex, CocoInstances, CocoSegmentation, collate_instances, segmentation_to_mask
+from pixelwise.data.coco import (
+    CocoIndex,
+    CocoInstances,
+    CocoSegmentation,
+    collate_instances,
+    segmentation_to_mask,
+)
 from pixelwise.data.io import write_image
 from pixelwise.errors import ConfigError, DataError
 

@@ -7,8 +7,18 @@ import torch
 from PIL import Image
 
 from pixelwise.config import DataCfg
-from pixelwise.data import (EpochSeeded, FolderDataset, SyntheticShapes, build_dataset, build_transform,
-                            class_names, pad_collate, read_image, read_mask, write_mask)
+from pixelwise.data import (
+    EpochSeeded,
+    FolderDataset,
+    SyntheticShapes,
+    build_dataset,
+    build_transform,
+    class_names,
+    pad_collate,
+    read_image,
+    read_mask,
+    write_mask,
+)
 from pixelwise.data.io import colorize, default_palette, overlay
 from pixelwise.errors import ConfigError, DataError
 

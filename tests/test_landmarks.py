@@ -9,8 +9,14 @@ import torch
 
 from pixelwise import create_model
 from pixelwise.errors import ConfigError
-from pixelwise.landmarks import (SyntheticLandmarks, decode_heatmaps, evaluate_landmarks, gaussian_heatmaps, pck,
-                                 train_landmarks)
+from pixelwise.landmarks import (
+    SyntheticLandmarks,
+    decode_heatmaps,
+    evaluate_landmarks,
+    gaussian_heatmaps,
+    pck,
+    train_landmarks,
+)
 
 
 def test_gaussian_targets_match_the_formula():

@@ -16,7 +16,12 @@ import torch.multiprocessing as mp
 
 from pixelwise.errors import DataError
 from pixelwise.metrics import ConfusionMatrix, PerImageMetrics
-from pixelwise.metrics.surface import SCORES, SurfaceMetrics, label_boundaries, surface_scores
+from pixelwise.metrics.surface import (
+    SCORES,
+    SurfaceMetrics,
+    label_boundaries,
+    surface_scores,
+)
 
 IGNORE = 255
 NAN = math.nan

@@ -178,8 +178,8 @@ def test_unet_on_encoders(encoder):
 
 
 def test_unet_on_dilated_encoder():
-    from pixelwise.models.unet import UNetDecoder
     from pixelwise.encoders import build_encoder
+    from pixelwise.models.unet import UNetDecoder
 
     enc = build_encoder("resnet18", output_stride=8)
     dec = UNetDecoder(enc.out_channels, enc.reductions, [64, 32, 16, 8, 8])
@@ -268,7 +268,11 @@ def test_pspnet_aux_head_on_stage3_with_weight_04():
 
 
 def test_unet_family_blocks_and_gates():
-    from pixelwise.layers import AttentionGate, RecurrentResidualBlock, ResidualDoubleConv
+    from pixelwise.layers import (
+        AttentionGate,
+        RecurrentResidualBlock,
+        ResidualDoubleConv,
+    )
 
     res = create_model("resunet", num_classes=2, base_channels=8, depth=2)
     assert sum(isinstance(m, ResidualDoubleConv) for m in res.modules()) == 5  # 3 encoder + 2 decoder levels

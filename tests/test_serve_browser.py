@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-
-from pixelwise import create_model, save
 from test_serve_instance import NAMES as SHAPES
 from test_serve_instance import TINY as TINY_MASKRCNN
 
+from pixelwise import create_model, save
 from pixelwise.data import write_image
 from pixelwise.data.instances import SyntheticInstances
 from pixelwise.engine.checkpoint import save_model

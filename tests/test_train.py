@@ -203,16 +203,16 @@ def test_augmented_training_does_not_depend_on_the_worker_count(tmp_path):
 
 
 def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(monkeypatch):
-    import pixelwise.engine.evaluate as evaluate
+    import pixelwise.runtime as runtime
 
     layer = torch.nn.Linear(8, 8)
     x = torch.randn(2, 8)
-    monkeypatch.setattr(evaluate, "cpu_has_fast_bf16", lambda: True)
-    with evaluate.autocast(torch.device("cpu"), "bf16"):
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    with runtime.autocast(torch.device("cpu"), "bf16"):
         assert layer(x).dtype == torch.bfloat16
-    monkeypatch.setattr(evaluate, "cpu_has_fast_bf16", lambda: False)
-    evaluate._warn_slow_bf16.cache_clear()
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    runtime._warn_slow_bf16.cache_clear()
     with pytest.warns(RuntimeWarning, match="no native bf16.*running in fp32"):
-        ctx = evaluate.autocast(torch.device("cpu"), "bf16")
+        ctx = runtime.autocast(torch.device("cpu"), "bf16")
     with ctx:
         assert layer(x).dtype == torch.float32

@@ -20,11 +20,16 @@ from safetensors.torch import load_file
 from pixelwise import config
 from pixelwise.data import build_dataset
 from pixelwise.engine import train as train_mod
+from pixelwise.runtime import seed_everything
 from pixelwise.engine.checkpoint import resolve
 from pixelwise.engine.ema import ModelEMA
 from pixelwise.engine.interrupt import TrainingInterrupted
 from pixelwise.engine.optim import param_groups
-from pixelwise.engine.sampling import WeightedDistributedSampler, balanced_weights, class_presence
+from pixelwise.engine.sampling import (
+    WeightedDistributedSampler,
+    balanced_weights,
+    class_presence,
+)
 from pixelwise.engine.schedule import lr_factor
 from pixelwise.errors import ConfigError
 from pixelwise.models import SegmentationOutput, create_model
@@ -104,7 +109,7 @@ def test_accumulating_two_batches_of_two_equals_one_batch_of_four(tmp_path):
 
 
 def _initial_weights(cfg):
-    train_mod.seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     return {k: v.clone() for k, v in train_mod.build_model(cfg).state_dict().items()}
 
 

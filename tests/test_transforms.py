@@ -7,8 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pixelwise.data.transforms import (PRESETS, AffineElasticCrop, PhotometricJitter, build_transform,
-                                       tta_for_preset)
+from pixelwise.data.transforms import (
+    PRESETS,
+    AffineElasticCrop,
+    PhotometricJitter,
+    build_transform,
+    tta_for_preset,
+)
 from pixelwise.errors import ConfigError
 
 IGNORE = 255

@@ -12,7 +12,13 @@ import torch
 from pixelwise import create_model
 from pixelwise.config import DataCfg
 from pixelwise.data import build_dataset, class_names
-from pixelwise.data.transforms3d import Augment3d, crop_or_pad, elastic_deform, normalize_intensity, sample_patch
+from pixelwise.data.transforms3d import (
+    Augment3d,
+    crop_or_pad,
+    elastic_deform,
+    normalize_intensity,
+    sample_patch,
+)
 from pixelwise.data.volume import VolumeDataset, find_cases, read_volume, volume_collate
 from pixelwise.errors import DataError
 

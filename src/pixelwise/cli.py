@@ -42,7 +42,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import build_dataset, class_names, pad_collate
     from .engine.checkpoint import load_model
     from .engine.evaluate import evaluate
-    from .engine.train import resolve_device
+    from .runtime import resolve_device
 
     cfg = config.load(args.config, args.set)
     if _is_instance(cfg.model.name):

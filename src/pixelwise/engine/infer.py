@@ -25,7 +25,7 @@ from ..data.folder import IMAGE_SUFFIXES
 from ..data.io import _atomic_write, write_image, write_mask
 from ..errors import ConfigError, DataError
 from ..optional import require
-from .evaluate import autocast
+from ..runtime import autocast
 from .sliding import ModelFn
 from .tta import TTA, predict_probs
 

@@ -30,6 +30,7 @@ from ..data.instances import InstanceEpochSeeded, InstanceTransform, instance_co
 from ..errors import ConfigError, TrainingError
 from ..models.maskrcnn import create_instance_model
 from ..registry import DATASETS, INSTANCE_MODELS, lookup
+from ..runtime import autocast, resolve_device, seed_everything
 from .checkpoint import (
     CONFIG,
     WEIGHTS,
@@ -38,12 +39,11 @@ from .checkpoint import (
     save_checkpoint,
     save_model,
 )
-from .evaluate import autocast
 from .instance_eval import STATS, evaluate_instances
 from .logging import append_csv, truncate_csv
 from .optim import build_optimizer
 from .schedule import make_schedule
-from .train import model_kwargs, resolve_device, seed_everything
+from .train import model_kwargs
 
 __all__ = [
     "build_instance_dataset",

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from ..config import ExperimentCfg
 from ..data.instances import instance_collate
 from ..errors import ConfigError
+from ..runtime import resolve_device
 from .checkpoint import read_config
 from .instance import (
     build_instance_dataset,
@@ -19,7 +20,6 @@ from .instance import (
 )
 from .instance_eval import evaluate_instances, format_scores
 from .instance_predict import predict_instance_paths
-from .train import resolve_device
 
 
 def is_instance_checkpoint(folder: str | Path) -> bool:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..optional import require
-from .evaluate import autocast
+from ..runtime import autocast
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

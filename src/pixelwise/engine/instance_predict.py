@@ -29,7 +29,7 @@ import torch
 
 from ..data.io import read_image, write_image, write_mask
 from ..models.maskrcnn import Instances
-from .evaluate import autocast
+from ..runtime import autocast
 from .infer import expand_inputs
 from .instance import load_instance_model
 from .instance_eval import coco_results, instances_to_semantic

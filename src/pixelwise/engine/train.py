@@ -11,14 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -29,11 +26,12 @@ from ..data import class_names
 from ..errors import ConfigError, TrainingError
 from ..losses import build_loss
 from ..models import SegmentationOutput, create_model
+from ..runtime import autocast, deterministic, resolve_device, seed_everything
 from . import distributed as dist_mod
 from .adversarial_train import AdversarialTrainer
 from .checkpoint import save_model
 from .ema import ModelEMA
-from .evaluate import autocast, evaluate
+from .evaluate import evaluate
 from .interrupt import StopRequest, TrainingInterrupted
 from .loaders import EPOCH_SEED_STRIDE, make_loaders
 from .logging import RunLogger
@@ -50,38 +48,6 @@ __all__ = [
     "seed_everything",
     "train",
 ]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def set_deterministic(enabled: bool, device: torch.device) -> tuple[bool, bool]:
-    """``torch.use_deterministic_algorithms`` for the run; returns the previous setting.
-
-    On the CPU an op without a deterministic kernel is an error. On CUDA some ops a
-    segmentation network needs (bilinear-upsampling backward) have none, so there it
-    warns instead; ``CUBLAS_WORKSPACE_CONFIG`` makes cuBLAS reproducible.
-    """
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-    return previous
 
 
 def model_kwargs(cfg: ExperimentCfg, **extra: Any) -> dict[str, Any]:
@@ -151,14 +117,12 @@ def train(cfg: ExperimentCfg, *, resume: bool = False, progress: bool = True) ->
     with the same weights as an uninterrupted run.
     """
     env = dist_mod.setup(cfg.train.device)
-    previous = set_deterministic(cfg.train.deterministic, env.device)
     logger = RunLogger(Path(cfg.train.out_dir), enabled=env.is_main, tensorboard=cfg.train.tensorboard)
     try:
-        with StopRequest() as stop:
+        with deterministic(cfg.train.deterministic, env.device), StopRequest() as stop:
             return _train(cfg, env, stop, logger, resume=resume, progress=progress and env.is_main)
     finally:
         logger.close()  # also when training stops with an error
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         dist_mod.cleanup(env)
 
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.evaluate import autocast
 from ..errors import DataError, PixelwiseError, TrainingError
 from ..metrics import ConfusionMatrix
+from ..runtime import autocast
 from .boxes import (
     IGNORE,
     PSEUDO_MODES,
