@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import config as config_mod
+from ..bf16_guard import guard_for_training
 from ..config import ExperimentCfg
 from ..data.instances import InstanceEpochSeeded, InstanceTransform, instance_collate
 from ..errors import ConfigError, TrainingError
@@ -137,6 +138,7 @@ def train_instances(cfg: ExperimentCfg, *, resume: bool = False, progress: bool 
     seed_everything(t.seed)
     train_loader, val_loader, names = _loaders(cfg)
     model = build_instance_model(cfg).to(device)
+    guard_for_training(model, device, t.amp)
     optimizer = build_optimizer(cfg, model)
     steps_per_epoch = len(train_loader)
     total_steps = t.max_steps or t.epochs * steps_per_epoch

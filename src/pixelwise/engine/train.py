@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import config as config_mod
+from ..bf16_guard import guard_for_training
 from ..config import ExperimentCfg
 from ..data import class_names
 from ..errors import ConfigError, TrainingError
@@ -150,6 +151,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     raw = dist_mod.convert_sync_bn(env, build_model(cfg), enabled=t.sync_bn)
     raw = raw.to(device, memory_format=memory_format)
+    guard_for_training(raw, device, t.amp)  # oneDNN bf16 backward bugs on small maps (bf16_guard.py)
     loss_fn = build_loss(t.loss, ignore_index=cfg.data.ignore_index)
     optimizer = build_optimizer(cfg, raw)
     lr_factor = make_schedule(t.schedule, total_steps=total_steps, warmup_steps=t.warmup_steps, power=t.poly_power)
