@@ -10,36 +10,9 @@ from pixelwise.models import SegmentationOutput
 from pixelwise.models.fcn import bilinear_kernel, upsampler
 from pixelwise.models.unet import UNetEncoder
 
-# Small configurations of every registered architecture (the registry loop of DESIGN.md).
-TINY = {
-    "unet": {"base_channels": 4, "depth": 3},
-    "fcn8s": {"encoder": "vgg16", "fc_channels": 16},
-    "fcn16s": {"encoder": "vgg16", "fc_channels": 16},
-    "fcn32s": {"encoder": "vgg16", "fc_channels": 16},
-    "segnet": {},
-    "deeplabv3": {"encoder": "resnet18"},
-    "deeplabv3plus": {"encoder": "resnet18"},
-    "deeplabv1": {},
-    "deeplabv2": {"encoder": "resnet18"},
-    "pspnet": {"encoder": "resnet18"},
-    "resunet": {"base_channels": 4, "depth": 3},
-    "r2unet": {"base_channels": 4, "depth": 3},
-    "attention_unet": {"base_channels": 4, "depth": 3},
-    "attention_r2unet": {"base_channels": 4, "depth": 3},
-    "unetplusplus": {"base_channels": 4, "depth": 3, "deep_supervision": True},
-    "dense_unet": {"base_channels": 4, "depth": 3, "growth_rate": 4, "num_layers": 2},
-    "multiresunet": {"base_channels": 6, "depth": 3},
-    "enet": {"initial_channels": 8, "stage_channels": [16, 32]},
-    "dilatednet": {"fc_channels": 16},
-    "hourglass": {"channels": 16, "num_stacks": 2, "depth": 2},
-    "fpn": {"encoder": "resnet18", "fpn_channels": 16, "head_channels": 16},
-    "lraspp": {"width_mult": 0.25, "inter_channels": 16},
-    "refinenet": {"encoder": "resnet18", "channels": 16, "coarse_channels": 32, "crp_stages": 2},
-    "fastfcn": {"encoder": "resnet18", "jpu_channels": 16, "head_channels": 32},
-    "gscnn": {"encoder": "resnet18", "channels": 32},
-    "fcn_dilated": {"encoder": "resnet18"},
-}
-VOLUMETRIC = {"unet3d"}  # tested on (N, C, D, H, W) inputs in test_zoo_unet.py
+from zoo_configs import TINY, TINY_VOLUMETRIC
+
+VOLUMETRIC = set(TINY_VOLUMETRIC)  # tested on (N, C, D, H, W) inputs in test_zoo_unet.py
 
 
 def test_every_registered_model_has_a_tiny_config():
