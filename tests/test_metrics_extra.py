@@ -493,5 +493,5 @@ def test_coco_ap_without_pycocotools_says_how_to_install(monkeypatch):
     from pixelwise.metrics.coco import CocoMaskAP
 
     monkeypatch.setitem(sys.modules, "pycocotools", None)
-    with pytest.raises(ImportError, match=r"pip install pixelwise\[coco\]"):
+    with pytest.raises(ImportError, match=r"pip install 'pixelwise\[coco\]'"):
         CocoMaskAP()
