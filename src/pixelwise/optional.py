@@ -9,6 +9,7 @@ extra to install, instead of a bare ``ModuleNotFoundError`` deep inside a call.
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 from .errors import MissingDependencyError
@@ -37,6 +38,10 @@ def require(module: str, feature: str) -> ModuleType:
     >>> ort = require("onnxruntime", "the onnxruntime backend")
     """
     try:
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):  # a package set to None in sys.modules is "not installed"
+            if sys.modules.get(".".join(parts[:i]), importlib) is None:
+                raise ImportError(f"import of {'.'.join(parts[:i])} halted; None in sys.modules")
         return importlib.import_module(module)
     except ImportError as err:
         top = module.split(".")[0]
