@@ -32,7 +32,7 @@ from .classical import classical_proposal, grabcut, watershed
 from .exports import export_coco, export_folder, export_labelme
 from .jobs import UNCERTAINTY_FILE, Job, JobBusy, ModelSlot, predict_rest
 from .prompts import Prompt
-from .retrain import retrain
+from .retrain import retrain, retrain_options
 from .store import AnnotationStore
 from .uncertainty import MEASURES, rank_by_uncertainty
 
@@ -380,6 +380,10 @@ def create_app(store: AnnotationStore, *, slot: ModelSlot | None = None, sam=Non
         if len(store.labelled()) < 2:
             raise RequestError(409, "too_few_labels", f"retraining needs at least 2 labelled images; "
                                                       f"{len(store.labelled())} so far")
+        try:
+            retrain_options(store, body, slot.get())  # a bad option is the client's 422, not a failed job
+        except PixelwiseError as err:
+            raise RequestError(422, "invalid_option", str(err)) from None
         return start(retrain_job, lambda job: retrain(store, slot, job, body, device=device))
 
     @app.get("/v1/annotate/retrain")

@@ -9,8 +9,8 @@
   marked pixels are hard constraints (positive = object, negative = background).
 - Clicks or scribbles without a box: marker-based watershed (Meyer, "Color image
   segmentation", 1992, as ``cv2.watershed``): positive marks flood as the object, negative
-  marks as the background; when no negative mark is given the image border is the
-  background seed, so the object is what the positives reach before the border does.
+  marks as the background; when no negative mark is given a ring just outside the
+  image is the background seed, so the object is what the positives reach before the border does.
 
 Every function returns an ``(H, W)`` bool mask of the object.
 """
@@ -57,19 +57,23 @@ def watershed(image: np.ndarray, prompt: Prompt) -> np.ndarray:
     """Marker watershed from the prompt's clicks and scribbles (positives needed)."""
     height, width = image.shape[:2]
     positive, negative = prompt.marks(height, width, positive=True), prompt.marks(height, width, positive=False)
-    markers = np.zeros((height, width), np.int32)
+    # cv2.watershed claims the outermost pixel ring for its own boundary marks, so work on a
+    # copy padded by 2 pixels and seed the background (when no negative is given) on ring 1 of it.
+    pad = 2
+    markers = np.zeros((height + 2 * pad, width + 2 * pad), np.int32)
     if not negative.any():
-        negative = np.zeros_like(negative)
-        negative[[0, -1], :] = True
-        negative[:, [0, -1]] = True
-    markers[negative] = 1
-    markers[positive] = 2
+        markers[[1, -2], 1:-1] = 1
+        markers[1:-1, [1, -2]] = 1
+    inner = (slice(pad, pad + height), slice(pad, pad + width))
+    markers[inner][negative] = 1
+    markers[inner][positive] = 2
     # A light blur keeps texture and sensor noise from stopping the flood inside the object.
-    smooth = cv2.GaussianBlur(np.ascontiguousarray(image[..., ::-1]), (3, 3), 0)
-    cv2.watershed(smooth, markers)
+    bgr = cv2.copyMakeBorder(np.ascontiguousarray(image[..., ::-1]), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    cv2.watershed(cv2.GaussianBlur(bgr, (3, 3), 0), markers)
+    markers = markers[inner]
     obj = markers == 2
-    # watershed leaves -1 on the boundary lines: give them to the object where they touch it,
-    # so an object mask is closed and as large as the region it encloses.
+    # watershed leaves -1 on the lines between regions: give them to the object where they touch
+    # it, so the mask is closed and as large as the region it encloses.
     boundary = markers == -1
     grown = cv2.dilate(obj.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     return obj | (boundary & grown & ~negative)

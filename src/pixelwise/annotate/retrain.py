@@ -44,7 +44,7 @@ from .jobs import Job, ModelSlot
 from .model_proposals import ModelProposer
 from .store import AnnotationStore
 
-__all__ = ["holdout_split", "holdout_miou", "retrain", "MODEL_FILE"]
+__all__ = ["retrain_options", "holdout_split", "holdout_miou", "retrain", "MODEL_FILE"]
 
 MODEL_FILE = "model.json"
 _ALLOWED = {"steps", "batch_size", "lr", "model", "crop_size", "augment", "device", "holdout_fraction", "amp"}
@@ -73,7 +73,9 @@ def holdout_miou(proposer: ModelProposer, store: AnnotationStore, names: list[st
     return cm.miou()
 
 
-def _options(store: AnnotationStore, given: dict[str, Any], current: ModelProposer | None) -> dict[str, Any]:
+def retrain_options(store: AnnotationStore, given: dict[str, Any], current: ModelProposer | None) -> dict[str, Any]:
+    """The options of a round: ``given`` (the request's JSON) over defaults that suit the folder
+    (the current model's architecture if it has one); :class:`ConfigError` names a bad one."""
     unknown = sorted(set(given) - _ALLOWED)
     if unknown:
         raise ConfigError(f"retrain options {unknown} are not known; use {sorted(_ALLOWED)}")
@@ -121,7 +123,7 @@ def retrain(store: AnnotationStore, slot: ModelSlot, job: Job, options: dict[str
             device: str = "cpu") -> dict[str, Any]:
     """One retrain round (see the module docstring); updates ``job``'s status as it goes."""
     current = slot.get()
-    opts = _options(store, options, current)
+    opts = retrain_options(store, options, current)
     train_names, held = holdout_split(store.labelled(), fraction=float(opts["holdout_fraction"]))
     rounds = store.state_dir / "retrain"
     number = 1 + max((int(p.name.split("-")[1]) for p in rounds.glob("round-*") if p.name.split("-")[1].isdigit()),

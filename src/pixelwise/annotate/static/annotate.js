@@ -138,7 +138,7 @@ async function openImage(name) {
     if (source === "proposal") setProposal({ kind: "labels", labels: saved }, "model prediction of this image");
     else clearProposal();
     paintMask(0, 0, info.width, info.height);
-    $("image-name").textContent = `${name} (${info.width}×${info.height})` + (info.labelled ? "" : " · unlabelled");
+    $("image-name").textContent = `${name} (${info.width}×${info.height}) · ${info.labelled ? "labelled" : "unlabelled"}`;
     document.querySelectorAll("#images li").forEach((li) => li.classList.toggle("current", li.dataset.name === name));
     $("prev").disabled = !info.previous;
     $("next").disabled = !info.next;
@@ -324,7 +324,10 @@ async function save() {
   try {
     const result = await json(`images/${encodeURIComponent(name)}/mask`, {
       method: "PUT", headers: { "content-type": "application/octet-stream" }, body });
-    if (name === S.name) S.savedEdits = edits;
+    if (name === S.name) {
+      S.savedEdits = edits;
+      $("image-name").textContent = `${name} (${S.width}×${S.height}) · labelled`;
+    }
     showProgress(result.progress);
     markListed(name, true);
   } catch (err) {
@@ -362,6 +365,13 @@ function setProposal(proposal, text) {
     for (let i = 0; i < proposal.labels.length; i++) { const k = proposal.labels[i]; if (k) {
       const c = colours[k] || [255, 0, 255]; d[4 * i] = c[0]; d[4 * i + 1] = c[1]; d[4 * i + 2] = c[2]; d[4 * i + 3] = 255; } }
   }
+  // A white outline, so a proposal stays visible over an object of a similar colour.
+  const W = S.width, H = S.height, on = (x, y) => x >= 0 && y >= 0 && x < W && y < H && d[4 * (y * W + x) + 3] > 0;
+  const edge = [];
+  for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) {
+    if (on(x, y) && !(on(x - 1, y) && on(x + 1, y) && on(x, y - 1) && on(x, y + 1))) edge.push(4 * (y * W + x));
+  }
+  for (const o of edge) { d[o] = d[o + 1] = d[o + 2] = 255; }
   ctx.putImageData(img, 0, 0);
   $("proposal-info").textContent = text;
   document.body.dataset.proposal = "ready";
