@@ -154,3 +154,48 @@ def test_box_accept_brush_save_reload(project):
                            capture_output=True, text=True, env=env, timeout=300)
     assert train.returncode == 0, train.stdout + train.stderr
     assert "done: 2 steps" in train.stdout and (out / "best" / "model.safetensors").is_file()
+
+
+def test_page_retrains_predicts_the_rest_and_accepts_a_prediction(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    truth = make_folder(tmp_path / "data", count=4, size=SIZE, seed=6)
+    store, slot, sam = open_project(tmp_path / "data", classes=",".join(CLASSES))
+    for name in ("img0", "img1"):
+        store.save_mask(name, truth[name])
+    with running(create_app(store, slot=slot, sam=sam)) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), headless=True, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(base + "/")
+            page.wait_for_selector("body[data-ready='true']")
+            opened = page.evaluate("window.pixelwiseAnnotate.state().name")  # the first unlabelled image
+            assert page.is_disabled("#predict")
+            page.fill("#steps", "60")
+            page.click("#retrain")
+            page.wait_for_selector("body[data-retrain='done']", timeout=240_000)
+            retrained = page.locator("#job-status").inner_text()
+            page.wait_for_function("!document.getElementById('predict').disabled")
+            model_name = page.locator("#model-name").inner_text()
+            page.click("#predict")
+            page.wait_for_selector("body[data-predict='done']", timeout=120_000)
+            page.wait_for_function("document.querySelectorAll('#images li.proposal').length === 2")
+            page.click("#useful")
+            page.wait_for_function("document.body.dataset.ready === 'true' && document.body.dataset.proposal === 'ready'")
+            useful = page.evaluate("window.pixelwiseAnnotate.state().name")
+            page.screenshot(path=str(ARTIFACTS / "annotate_loop.png"))
+            page.keyboard.press("Enter")
+            _wait_saved(page)
+            accepted = _labels(page)
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert opened == "img2"
+    assert retrained.startswith("held-out mIoU: old none, new ") and "the new model proposes now" in retrained
+    assert model_name == f"model: {slot.get().source}"
+    scores = store.read_state("uncertainty.json", {})
+    assert useful == max(("img2", "img3"), key=lambda n: scores[n]["entropy"])
+    assert (accepted == read_mask(store.proposal_path(useful))).all()
+    assert (read_mask(tmp_path / "data" / "masks" / f"{useful}.png") == accepted).all()
