@@ -59,6 +59,7 @@ def open_project(data_dir: str | Path, *, model: str | Path | None = None, class
 
 def create_app(store: AnnotationStore, **kwargs):
     """The FastAPI app (see :func:`pixelwise.annotate.app.create_app`)."""
+    _require_serve()
     from .app import create_app as _create
 
     return _create(store, **kwargs)
@@ -67,6 +68,7 @@ def create_app(store: AnnotationStore, **kwargs):
 def annotate(data_dir: str | Path, *, model: str | Path | None = None, classes: str | None = None,
              sam: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
     """Open ``data_dir`` and serve the labelling page until interrupted."""
+    _require_serve()
     import uvicorn
 
     store, slot, proposer = open_project(data_dir, model=model, classes=classes, sam=sam, device=device)
@@ -74,3 +76,11 @@ def annotate(data_dir: str | Path, *, model: str | Path | None = None, classes: 
     print(f"annotating {store.images_dir} ({progress['labelled']}/{progress['total']} labelled, classes "
           f"{', '.join(store.classes)}) on http://{host}:{port}/ (API docs: http://{host}:{port}/docs)")
     uvicorn.run(create_app(store, slot=slot, sam=proposer, device=device), host=host, port=port, log_level="info")
+
+
+def _require_serve() -> None:
+    # Before any model is loaded: the page needs the serve extra (FastAPI + uvicorn).
+    from ..optional import require
+
+    for module in ("fastapi", "uvicorn"):
+        require(module, "pixelwise annotate")

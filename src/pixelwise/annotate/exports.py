@@ -116,7 +116,9 @@ def export_labelme(store: AnnotationStore, out: str | Path, *, names: Iterable[s
 
 def export_coco(store: AnnotationStore, out: str | Path, *, names: Iterable[str] | None = None) -> dict:
     """A COCO instances file with RLE masks of the labelled images, plus the images, in ``out``."""
-    from pycocotools import mask as mask_utils
+    from ..optional import require
+
+    mask_utils = require("pycocotools.mask", "the COCO export")
 
     names = list(store.labelled() if names is None else names)
     images, annotations = [], []

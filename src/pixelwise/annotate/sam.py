@@ -29,13 +29,13 @@ __all__ = ["SamProposer", "load_sam"]
 
 
 def load_sam(folder: str | Path, *, device: str = "cpu") -> SamProposer:
-    """The SAM model saved in ``folder``; :class:`ConfigError` if transformers is missing or the
-    folder holds no SAM model."""
-    try:
-        from transformers import SamModel, SamProcessor
-        from transformers.models.sam.image_processing_sam import SamImageProcessor
-    except ImportError as err:
-        raise ConfigError(f"--sam needs Hugging Face transformers ({err}); pip install 'pixelwise[sam]'") from None
+    """The SAM model saved in ``folder``; :class:`ConfigError` if the folder holds no SAM model,
+    :class:`~pixelwise.errors.MissingDependencyError` (naming ``pixelwise[sam]``) without transformers."""
+    from ..optional import require
+
+    transformers = require("transformers", "SAM proposals (--sam)")
+    SamModel, SamProcessor = transformers.SamModel, transformers.SamProcessor
+    SamImageProcessor = require("transformers.models.sam.image_processing_sam", "SAM proposals").SamImageProcessor
     folder = Path(folder).expanduser()
     if not (folder / "config.json").is_file():
         raise ConfigError(f"--sam {str(folder)!r} has no config.json; give a folder written by "
