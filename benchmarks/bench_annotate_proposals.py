@@ -127,7 +127,8 @@ def main() -> None:
         "ms_per_object": {k: 1000 * v / max(1, len(scores["box_grabcut"])) for k, v in timing.items()},
         "total_seconds": time.perf_counter() - start}
     rows = [("box", "GrabCut (no model)", "box_grabcut"), ("box", "model after the retrain", "box_model"),
-            ("one click", "watershed (no model)", "click_watershed"), ("one click", "model after the retrain", "click_model")]
+            ("one click", "watershed (no model)", "click_watershed"),
+            ("one click", "model after the retrain", "click_model")]
     md = ["# Annotation proposals on the synthetic shapes", "",
           f"{result['date']}, {describe(result['machine'])}; total {result['total_seconds']:.0f} s.",
           f"{args.labelled} labelled {args.size}x{args.size} images, one retrain round through the page's loop "

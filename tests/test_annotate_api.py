@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from annotate_helpers import CLASSES, iou, make_folder, objects
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from annotate_helpers import CLASSES, iou, make_folder, objects
 from pixelwise.annotate import AnnotationStore, create_app, open_project
 from pixelwise.annotate.jobs import ModelSlot
 from pixelwise.annotate.model_proposals import ModelProposer

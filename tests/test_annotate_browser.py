@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from annotate_helpers import CLASSES, chromium, make_folder, objects, running
 
+from annotate_helpers import CLASSES, chromium, make_folder, objects, running
 from pixelwise.annotate import create_app, open_project
 from pixelwise.data import read_mask
 
@@ -183,7 +183,8 @@ def test_page_retrains_predicts_the_rest_and_accepts_a_prediction(tmp_path):
             page.wait_for_selector("body[data-predict='done']", timeout=120_000)
             page.wait_for_function("document.querySelectorAll('#images li.proposal').length === 2")
             page.click("#useful")
-            page.wait_for_function("document.body.dataset.ready === 'true' && document.body.dataset.proposal === 'ready'")
+            page.wait_for_function("document.body.dataset.ready === 'true' "
+                                   "&& document.body.dataset.proposal === 'ready'")
             useful = page.evaluate("window.pixelwiseAnnotate.state().name")
             page.screenshot(path=str(ARTIFACTS / "annotate_loop.png"))
             page.keyboard.press("Enter")

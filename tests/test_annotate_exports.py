@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from annotate_helpers import CLASSES, make_folder
 from fastapi.testclient import TestClient
 
+from annotate_helpers import CLASSES, make_folder
 from pixelwise.annotate import AnnotationStore, create_app
 from pixelwise.annotate.exports import export_coco, export_folder, export_labelme
 from pixelwise.config import DataCfg

@@ -12,8 +12,8 @@ import time
 
 import httpx
 import numpy as np
-from annotate_helpers import CLASSES, free_port, make_folder, wait_healthy
 
+from annotate_helpers import CLASSES, free_port, make_folder, wait_healthy
 from pixelwise.data import read_mask
 
 SIZE, STEP = 256, 53  # version v of a mask has its first v*STEP pixels set: the count names the version

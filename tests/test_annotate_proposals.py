@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import numpy as np
-from annotate_helpers import iou, objects
 from scipy import ndimage
 
+from annotate_helpers import iou, objects
 from pixelwise.annotate.classical import classical_proposal, grabcut, watershed
 from pixelwise.annotate.prompts import Click, Prompt
 from pixelwise.data.synthetic import SyntheticShapes

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from annotate_helpers import CLASSES, make_folder
 from fastapi.testclient import TestClient
 from scipy.stats import entropy
 
+from annotate_helpers import CLASSES, make_folder
 from pixelwise.annotate import create_app, open_project
 from pixelwise.annotate.retrain import holdout_miou, holdout_split
 from pixelwise.annotate.uncertainty import image_uncertainty, pixel_uncertainty, rank_by_uncertainty

@@ -8,15 +8,16 @@ import base64
 import numpy as np
 import pytest
 import torch
-from annotate_helpers import CLASSES, make_folder
 from fastapi.testclient import TestClient
 
+from annotate_helpers import CLASSES, make_folder
 from pixelwise.annotate import create_app, open_project
 from pixelwise.annotate.prompts import Click, Prompt
 from pixelwise.annotate.sam import load_sam
 from pixelwise.errors import ConfigError
 
-transformers = pytest.importorskip("transformers", reason="SAM proposals need transformers (pip install 'pixelwise[sam]')")
+transformers = pytest.importorskip("transformers",
+                                   reason="SAM proposals need transformers (pip install 'pixelwise[sam]')")
 
 
 def _tiny_sam(folder):

@@ -322,7 +322,8 @@ def create_app(store: AnnotationStore, *, slot: ModelSlot | None = None, sam=Non
         return await run_in_threadpool(propose, name, body)
 
     @app.get("/v1/annotate/next")
-    async def next_image(after: str | None = None, strategy: str = Query("uncertainty", pattern="^(uncertainty|order)$"),
+    async def next_image(after: str | None = None,
+                         strategy: str = Query("uncertainty", pattern="^(uncertainty|order)$"),
                          measure: str = Query("entropy", pattern="^(entropy|margin)$")) -> dict[str, Any]:
         """The next unlabelled image: the most uncertain one (after "predict the rest"), else the
         next in name order after ``after``."""
