@@ -86,6 +86,9 @@ def test_base_install_imports_builds_trains_and_runs_the_cli_without_extras(tmp_
      "export_onnx(pixelwise.create_model('unet', encoder=None, num_classes=2, base_channels=4, depth=2), 'm.onnx')",
      "export"),
     ("from pixelwise.metrics.coco import CocoMaskAP; CocoMaskAP()", "coco"),
+    ("from pixelwise.annotate import annotate; annotate('nowhere')", "serve"),
+    ("from pixelwise.annotate.sam import load_sam; load_sam('nowhere')", "sam"),
+    ("from pixelwise.annotate.exports import export_coco; export_coco(None, 'out')", "coco"),
 ])
 def test_a_feature_without_its_extra_names_the_extra(tmp_path, feature, extra):
     code = f"""

@@ -122,6 +122,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from .annotate import annotate
+
+    annotate(args.data_dir, model=args.model, classes=args.classes, sam=args.sam, host=args.host, port=args.port,
+             device=args.device)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .engine.demo import run_demo
 
@@ -260,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest width*height (HTTP 413)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before HTTP 504")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("annotate", help="label a folder of images in the browser, with proposals and retraining")
+    p.add_argument("data_dir", help="folder of images (DATA_DIR/images/* or DATA_DIR/*); masks go to DATA_DIR/masks")
+    p.add_argument("--model", help="model folder whose predictions are proposals (default: the last retrained one)")
+    p.add_argument("--classes", help="class names, background first, e.g. background,cat,dog")
+    p.add_argument("--sam", help="local Segment Anything folder (transformers SamModel.save_pretrained) for proposals")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (default: this one)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("export", help="export a saved model to ONNX or TorchScript and check it against PyTorch")
     p.add_argument("checkpoint", help="model folder (config.json + model.safetensors)")
