@@ -241,7 +241,8 @@ def create_app(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits | N
             t1 = time.perf_counter()
             _, width, height = probe_upload(data, limits)
             if task == "semantic":
-                budget.check(height, width, tile=tile if tile is not None else segmenter.tile, tta=tta, crf=crf)
+                budget.check(height, width, tile=tile if tile is not None else segmenter.tile, overlap=overlap,
+                             tta=tta, crf=crf)
             else:
                 budget.check(height, width)
 

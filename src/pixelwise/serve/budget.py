@@ -40,6 +40,8 @@ DECODE_BYTES_PER_PIXEL = 16
 RESPONSE_BYTES_PER_PIXEL = 4
 TTA_SCALES = {"none": (1.0,), "flip": (1.0,), "flip+scales": (0.75, 1.0, 1.25)}
 TTA_VARIANTS = {"none": 1, "flip": 2, "flip+scales": 6}
+# The sum is raised by this much for what the formula leaves out (small tensors, allocator rounding).
+MARGIN = 1.10
 SLIDING_BATCH = 4  # tiles per forward in Segmenter's sliding window (its batch_size default)
 
 
@@ -114,6 +116,13 @@ class _Curve:
         return batch * (self.a + self.b * p + self.c * p * p)
 
 
+def _tiles(size: int, tile: int, overlap: float) -> int:
+    """Tiles along one axis, as the sliding window lays them out (the step is at most tile·(1 - overlap))."""
+    if size <= tile:
+        return 1
+    return math.ceil((size - tile) / max(1, math.floor(tile * (1.0 - overlap)))) + 1
+
+
 def _forward_peak(fn, x: torch.Tensor) -> int:
     with torch.no_grad(), PeakTensorBytes() as meter:
         out = fn(x)
@@ -184,8 +193,8 @@ class MemoryBudget:
         self.detector_bytes = float(meter.peak)  # the detector resizes every image to this size range
         self.detections = int(config.get("box_detections_per_img") or 100)
 
-    def estimate(self, height: int, width: int, *, tile: int | None = None, tta: str = "none",
-                 crf: bool = False) -> int:
+    def estimate(self, height: int, width: int, *, tile: int | None = None, overlap: float = 0.25,
+                 tta: str = "none", crf: bool = False) -> int:
         """Bytes that decoding and segmenting an ``height`` × ``width`` image will allocate at most."""
         p = float(height) * width
         decode = DECODE_BYTES_PER_PIXEL * p
@@ -194,7 +203,8 @@ class MemoryBudget:
             # masks (D, H, W) float32 at image size, the thresholded bool copy, and the two (D, H, W)
             # float32 buffers of instances_to_semantic.
             per_detection = 4 + 1 + 1 + 4 + 4
-            return int(decode + 4 * 3 * p + self.detector_bytes + self.detections * per_detection * p + response)
+            return int(MARGIN * (decode + 4 * 3 * p + self.detector_bytes + self.detections * per_detection * p
+                                 + response))
         c, ci = self.classes, self.in_channels
         x = 4 * ci * p + (p if ci == 1 else 0)
         variants = TTA_VARIANTS[tta]
@@ -202,32 +212,36 @@ class MemoryBudget:
         for s in TTA_SCALES[tta]:
             h, w = max(1, round(height * s)), max(1, round(width * s))
             ps = float(h) * w
-            copy = 4 * ci * ps  # the flipped / resized input
-            if tile is None:
-                net = self.act(h, w)  # the forward's own peak, its logits included
-                after = 4 * c * ps * 2 + 4 * c * p  # flipped back, resized back, softmax
-            else:
-                t = tile  # every tile is tile × tile; a shorter image is padded up to it
-                net = self.act(t, t, SLIDING_BATCH) + SLIDING_BATCH * 4 * (ci + 2 * c) * t * t
-                ph, pw = max(h, t), max(w, t)
-                after = 4 * c * ph * pw + 4 * c * ps + 4 * c * p  # output buffer, flip / resize copies
-            worst = max(worst, copy + net + after)
+            for flipped in ((False, True) if tta != "none" else (False,)):
+                # the resized and / or flipped input (both, for a moment, when both apply)
+                copy = 4 * ci * ps * ((s != 1.0) + flipped)
+                back = 4 * c * ps * flipped + 4 * c * p * (s != 1.0)  # logits flipped back, resized back
+                if tile is None:
+                    net = self.act(h, w)  # the forward's own peak, its logits included
+                    after = back + 4 * c * p  # softmax makes a new tensor
+                else:
+                    t = tile  # every tile is tile × tile; a shorter image is padded up to it
+                    n = min(SLIDING_BATCH, _tiles(h, t, overlap) * _tiles(w, t, overlap))
+                    net = self.act(t, t, n) + n * 4 * (ci + 2 * c) * t * t  # stacked tiles, weighted outputs
+                    after = 4 * c * max(h, t) * max(w, t) + back  # the output buffer (softmax runs in place)
+                worst = max(worst, copy + net + after)
         total = 4 * c * p if variants > 1 else 0.0  # the running sum of the variants
         refine = self.crf_per_pixel * p if crf else 0.0
-        return int(decode + x + worst + total + refine + response)
+        return int(MARGIN * (decode + x + worst + total + refine + response))
 
-    def check(self, height: int, width: int, *, tile: int | None = None, tta: str = "none",
-              crf: bool = False) -> int:
+    def check(self, height: int, width: int, *, tile: int | None = None, overlap: float = 0.25,
+              tta: str = "none", crf: bool = False) -> int:
         """The estimate, or :class:`RequestError` 413 ``over_memory_budget`` when it is over the limit."""
-        need = self.estimate(height, width, tile=tile, tta=tta, crf=crf)
+        need = self.estimate(height, width, tile=tile, overlap=overlap, tta=tta, crf=crf)
         if need <= self.limit:
             return need
         advice = "resize the image"
         if self.task == "semantic":
-            fits = [t for t in (1024, 512, 256) if t < max(height, width)
-                    and self.estimate(height, width, tile=t, tta=tta, crf=crf) <= self.limit]
+            cost = {t: self.estimate(height, width, tile=t, overlap=overlap, tta=tta, crf=crf) for t in (1024, 512, 256)
+                    if t < max(height, width)}
+            fits = [t for t, bytes_ in cost.items() if bytes_ <= self.limit]
             if fits and tile is None:
-                advice = f"send tile={fits[0]} (about {self.estimate(height, width, tile=fits[0], tta=tta, crf=crf) / MiB:.0f} MiB), or resize the image"
+                advice = f"send tile={fits[0]} (about {cost[fits[0]] / MiB:.0f} MiB), or resize the image"
             if tta != "none" or crf:
                 advice += ", or drop tta/crf"
         raise RequestError(413, "over_memory_budget",
