@@ -83,7 +83,7 @@ def tiny_png(width: int, height: int) -> bytes:
 def test_a_tiny_png_of_2048_squared_is_refused_before_decoding(segmenter, monkeypatch):
     data = tiny_png(2048, 2048)
     assert len(data) == 590 and Image.open(io.BytesIO(data)).size == (2048, 2048)
-    app = create_app(segmenter, ServeLimits(max_memory_mb=256))
+    app = create_app(segmenter, ServeLimits(max_memory_mb=320))
     import pixelwise.serve.app as app_module
 
     def no_decode(*args, **kwargs):
@@ -95,12 +95,12 @@ def test_a_tiny_png_of_2048_squared_is_refused_before_decoding(segmenter, monkey
     assert resp.status_code == 413, resp.text
     error = resp.json()["error"]
     assert error["code"] == "over_memory_budget"
-    assert "2048×2048" in error["message"] and "256 MiB" in error["message"] and "--max-memory-mb" in error["message"]
+    assert "2048×2048" in error["message"] and "320 MiB" in error["message"] and "--max-memory-mb" in error["message"]
     assert "tile=" in error["message"]  # a tile that fits is suggested ...
     tile = int(error["message"].split("tile=")[1].split(" ")[0])
-    assert app.state.budget.estimate(2048, 2048, tile=tile) <= 256 * MiB  # ... and really fits
+    assert app.state.budget.estimate(2048, 2048, tile=tile) <= 320 * MiB  # ... and really fits
     card = client.get("/v1/model").json()
-    assert card["limits"]["max_memory_mb"] == 256 and card["memory"]["bytes_per_pixel"] > 0
+    assert card["limits"]["max_memory_mb"] == 320 and card["memory"]["bytes_per_pixel"] > 0
 
 
 def test_the_budget_is_per_option(segmenter):
