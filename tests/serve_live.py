@@ -24,7 +24,9 @@ from pixelwise.serve import ServeLimits
 from pixelwise.serve.protocol import server_options
 
 NAMES = ["background", "cat", "dog"]
-SRC = Path(__file__).resolve().parents[1] / "src"
+import pixelwise  # noqa: E402
+
+SRC = Path(pixelwise.__file__).resolve().parents[1]  # the pixelwise these tests import, for the subprocess too
 
 
 def tiny_model_dir(folder: Path) -> Path:
