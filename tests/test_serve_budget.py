@@ -114,7 +114,19 @@ def test_the_budget_is_per_option(segmenter):
     assert refused.status_code == 413 and "drop tta/crf" in refused.json()["error"]["message"]
 
 
-def test_cli_passes_max_memory_mb(tmp_path, monkeypatch):
+def test_largest_side_is_the_edge_of_the_budget(segmenter):
+    """The largest square image that fits: it passes the check, one pixel more does not."""
+    for limit_mb in (16, 64):
+        budget = MemoryBudget(segmenter, limit_mb)
+        side = budget.largest_side()
+        assert side > 32
+        assert budget.estimate(side, side) <= limit_mb * MiB < budget.estimate(side + 1, side + 1)
+    assert MemoryBudget(segmenter, 1).largest_side() < MemoryBudget(segmenter, 2).largest_side()
+    card = TestClient(create_app(segmenter, ServeLimits(max_memory_mb=16))).get("/v1/model").json()
+    assert card["memory"]["largest_square_side"] == MemoryBudget(segmenter, 16).largest_side()
+
+
+def test_cli_passes_max_memory_mb(tmp_path, monkeypatch, capsys):
     import uvicorn
 
     from pixelwise.cli import main
@@ -127,6 +139,10 @@ def test_cli_passes_max_memory_mb(tmp_path, monkeypatch):
     card = TestClient(started["app"], base_url="http://127.0.0.1").get("/v1/model").json()
     assert card["limits"]["max_memory_mb"] == 300 and card["limits"]["read_timeout_s"] == 4
     assert started["timeout_keep_alive"] == 5 and started["http"].__name__ == "GuardedH11Protocol"
+    out = capsys.readouterr().out
+    assert "memory budget 300 MiB" in out and "images up to about" in out and "raise --max-memory-mb" not in out
+    assert main(["serve", str(folder), "--max-memory-mb", "4"]) == 0  # too small for a 512 x 512 image: said so
+    assert "raise --max-memory-mb" in capsys.readouterr().out
     assert main(["serve", str(folder), "--max-memory-mb", "0"]) == 2
 
 

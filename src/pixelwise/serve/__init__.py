@@ -67,6 +67,7 @@ def serve(folder: str, *, host: str = "127.0.0.1", port: int = 8000, device: str
     app = create_app(segmenter, limits, host=host, token=token)
     login = "#token=<your token>" if token else ""
     print(f"serving {segmenter!r} on http://{host}:{port}/{login} (API docs: http://{host}:{port}/docs)")
+    print(_budget_line(app.state.budget))
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["loggers"][LOGGER_NAME] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config,
@@ -79,6 +80,19 @@ def _require_serve() -> None:
     # python_multipart: the module name since python-multipart 0.0.13 (pixelwise.serve.body parses uploads with it)
     for module in ("fastapi", "uvicorn", "python_multipart"):
         require(module, "pixelwise serve")
+
+
+def _budget_line(budget) -> str:
+    """What the per-request memory budget lets through, said at startup (a budget too small for the
+    model shows here, not as a 413 on every request)."""
+    side = budget.largest_side()
+    line = (f"per-request memory budget {budget.limit >> 20} MiB (--max-memory-mb): images up to about "
+            f"{side} x {side} pixels with the default options")
+    if side < 512:
+        need = budget.estimate(1024, 1024, tile=budget.default_tile if budget.task == "semantic" else None)
+        line += (f"; a 1024 x 1024 image would need about {need >> 20} MiB: raise --max-memory-mb to serve "
+                 f"larger images")
+    return line
 
 
 def _room_for_connections(wanted: int) -> int:

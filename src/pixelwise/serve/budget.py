@@ -145,6 +145,7 @@ class MemoryBudget:
         self.classes = len(segmenter.class_names)
         config = getattr(segmenter.model, "config", {})
         self.in_channels = int(config.get("in_channels", 3))
+        self.default_tile = getattr(segmenter, "tile", None)  # what a request without tile= runs with
         device = getattr(segmenter, "device", torch.device("cpu"))
         try:
             if self.task == "instance":
@@ -248,9 +249,28 @@ class MemoryBudget:
                            f"segmenting this {width}×{height} image would take about {need / MiB:.0f} MiB; the "
                            f"per-request limit is {self.limit / MiB:.0f} MiB (--max-memory-mb); {advice}")
 
+    def largest_side(self) -> int:
+        """The largest ``s`` for which an ``s`` × ``s`` image with the default options fits the limit
+        (0: none does). The estimate grows with the side, so a bisection finds it."""
+        tile = self.default_tile if self.task == "semantic" else None
+
+        def fits(side: int) -> bool:
+            return self.estimate(side, side, tile=tile) <= self.limit
+
+        if not fits(1):
+            return 0
+        low, high = 1, 2
+        while fits(high) and high < 2**20:
+            low, high = high, high * 2
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid)
+        return low
+
     def describe(self) -> dict[str, Any]:
         """The measured model figures, for the model card."""
-        out: dict[str, Any] = {"limit_mb": self.limit // MiB, "probe_peak_bytes": self.probes}
+        out: dict[str, Any] = {"limit_mb": self.limit // MiB, "probe_peak_bytes": self.probes,
+                               "largest_square_side": self.largest_side()}
         if self.task == "semantic":
             out.update(bytes_per_pixel=round(self.act.b, 1), fixed_bytes=round(self.act.a),
                        quadratic=self.act.c, crf_bytes_per_pixel=round(self.crf_per_pixel, 1))
