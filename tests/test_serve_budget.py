@@ -103,6 +103,18 @@ def test_a_tiny_png_of_2048_squared_is_refused_before_decoding(segmenter, monkey
     assert card["limits"]["max_memory_mb"] == 320 and card["memory"]["bytes_per_pixel"] > 0
 
 
+def test_a_5_kb_png_of_6300_squared_is_a_json_413_at_the_default_limits(segmenter, monkeypatch):
+    """The issue's second file: under the default 40 Mpx limit, it got a plain-text 500 at a 6 GB cap."""
+    data = tiny_png(6300, 6300)
+    assert len(data) < 6000 and 6300 * 6300 < ServeLimits().max_pixels
+    import pixelwise.serve.app as app_module
+
+    monkeypatch.setattr(app_module, "decode_upload", lambda *a, **k: pytest.fail("decoded"))
+    resp = TestClient(create_app(segmenter)).post("/v1/segment", content=data)
+    assert resp.status_code == 413 and resp.headers["content-type"] == "application/json"
+    assert resp.json()["error"]["code"] == "over_memory_budget" and "6300×6300" in resp.json()["error"]["message"]
+
+
 def test_the_budget_is_per_option(segmenter):
     """TTA and the CRF cost more, so the same image can pass plain and be refused with them."""
     client = TestClient(create_app(segmenter, ServeLimits(max_memory_mb=64)))
