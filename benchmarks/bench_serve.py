@@ -239,10 +239,10 @@ def main() -> None:
               "model": "unet/resnet18, 5 classes", "image_sides": sizes, "clients": args.clients,
               "runs": runs, "flood": flood, "tiny_2048": tiny}
     md = ["# Serving load test", "",
-          f"{result['date']}, {result['cpu']} ({result['cores']} cores, shared), device {device}, "
+          (f"{result['date']}, {result['cpu']} ({result['cores']} cores, shared), device {device}, "
           f"torch {result['torch']}, server torch threads {args.threads}; {result['model']}, random-pixel PNGs, "
           f"{args.clients} concurrent clients (threads of the benchmark, on the same cores), queue {args.clients} "
-          f"(nothing refused)", "",
+          f"(nothing refused)"), "",
           "| image | server | flags | s | requests | lost | OK/s | vs 1 worker | p50 ms | p99 ms | RSS peak MiB |",
           "|" + "---|" * 11]
     for r in runs.values():
@@ -253,12 +253,12 @@ def main() -> None:
                   f"{r['rss_peak_mb']} |")
     if flood:
         md += ["", "## Memory bounds (default limits: 20 MiB uploads, 1 worker, queue 8, 1024 MiB per request)", "",
-               f"- {flood['uploads']} concurrent {flood['upload_mib']} MiB uploads: statuses {flood['status']}, "
+               (f"- {flood['uploads']} concurrent {flood['upload_mib']} MiB uploads: statuses {flood['status']}, "
                f"{flood['transport_failures']} lost; RSS {flood['rss_before_mb']} MiB before, peak "
                f"{flood['rss_peak_mb']} MiB (+{flood['growth_mb']} MiB; bound (workers + queue) x max_bytes = "
-               f"{flood['bound_mb']} MiB)",
-               f"- a {tiny['bytes']}-byte PNG declaring 2048 x 2048: HTTP {tiny['status']} {tiny['code']} in "
-               f"{tiny['ms']} ms, RSS {tiny['rss_change_mb']:+} MiB (\"{tiny['message']}\")"]
+               f"{flood['bound_mb']} MiB)"),
+               (f"- a {tiny['bytes']}-byte PNG declaring 2048 x 2048: HTTP {tiny['status']} {tiny['code']} in "
+               f"{tiny['ms']} ms, RSS {tiny['rss_change_mb']:+} MiB (\"{tiny['message']}\")")]
     save_results("serve" if device.type == "cpu" else "serve_cuda", result, md)
     if any(r["transport_failures"] for r in runs.values()):
         sys.exit(1)

@@ -145,6 +145,6 @@ def closed_by_peer(sock: socket.socket, *, timeout: float) -> bool:
                 return True
     except (ConnectionResetError, BrokenPipeError):
         return True
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return False
     return False

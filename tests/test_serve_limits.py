@@ -107,8 +107,8 @@ def test_size_limit_holds_while_a_chunked_upload_streams(valve, kind, tmp_path, 
         if kind == "multipart":
             headers["Content-Type"] = "multipart/form-data; boundary=XyZ"
             sock.sendall(request_bytes("POST", "/v1/segment", headers=headers) + _chunked(
-                [b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
-                 b'Content-Type: image/png\r\n\r\n']))
+                [(b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+                  b'Content-Type: image/png\r\n\r\n')]))
         else:
             sock.sendall(request_bytes("POST", "/v1/segment", headers=headers))
         sent = 0
