@@ -63,7 +63,8 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 
 def test_health_and_model_card(client):
-    assert client.get("/healthz").json() == {"status": "ok", "model": "unet", "pending": 0}
+    assert client.get("/healthz").json() == {"status": "ok", "model": "unet", "workers": 1, "busy": 0, "queued": 0,
+                                             "pending": 0, "capacity": 9}
     card = client.get("/v1/model").json()
     assert [c["name"] for c in card["classes"]] == NAMES
     assert card["classes"][1]["color"] == "#800000"  # VOC colour map, class 1
@@ -161,7 +162,10 @@ def test_gate_refuses_beyond_capacity_and_times_out():
         with pytest.raises(RequestError) as info:
             await gate.run(lambda: time.sleep(0.5), 0.1)
         assert info.value.status == 504
-        assert gate.pending == 0
+        # The timed-out job still runs in its thread: it stays counted (busy, and holding its place).
+        assert gate.busy == 1 and gate.held == 1
+        await asyncio.sleep(0.6)
+        assert gate.busy == 0 and gate.held == 0 and gate.pending == 0
 
     asyncio.run(scenario())
 

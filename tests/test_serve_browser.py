@@ -226,3 +226,35 @@ def test_page_shows_instances_of_an_instance_model(instance_server, tmp_path):
     assert clear.sum() > 10
     # (Chromium's canvas may round a channel by one.)
     assert (np.abs(canvas[clear].astype(int) - rgb_of(top["color"])) <= 2).all()
+
+
+def test_page_sends_the_token_from_its_address(tmp_path):
+    """A server started with a token: the page given ``#token=...`` loads the card and segments; without
+    it, it says why the card is unavailable."""
+    from playwright.sync_api import sync_playwright
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    save(create_model("unet", num_classes=len(NAMES), base_channels=4, depth=2), folder,
+         {"data": {"num_classes": len(NAMES), "class_names": NAMES, "mean": [0.5] * 3, "std": [0.25] * 3}})
+    rgb, _ = _quadrants()
+    path = tmp_path / "photo.png"
+    write_image(path, rgb)
+    with _running(create_app(Segmenter.from_pretrained(folder), host="127.0.0.1", token="tok-123")) as base:
+        with sync_playwright() as pw:
+            browser = _launch(pw)
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                page.wait_for_function("document.getElementById('model-name').textContent.includes('unavailable')")
+                refused = page.text_content("#model-name")
+                page.goto(base + "/#token=tok-123")
+                page.reload()
+                page.wait_for_function("document.getElementById('model-name').textContent.includes('classes')")
+                page.set_input_files("#file", str(path))
+                page.wait_for_selector("body[data-ready='true']", timeout=30_000)
+                legend = page.locator("#legend li .name").all_inner_texts()
+            finally:
+                browser.close()
+    assert "bearer token" in refused
+    assert legend and set(legend) <= set(NAMES)

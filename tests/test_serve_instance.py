@@ -160,7 +160,7 @@ def test_cli_serve_loads_an_instance_checkpoint(model_dir, monkeypatch, capsys):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.update(app=app, **kwargs))
     assert main(["serve", str(model_dir), "--port", "8123", "--max-pixels", "5000"]) == 0
     assert "InstanceSegmenter(maskrcnn" in capsys.readouterr().out and started["port"] == 8123
-    card = TestClient(started["app"]).get("/v1/model").json()
+    card = TestClient(started["app"], base_url="http://127.0.0.1:8123").get("/v1/model").json()
     assert card["task"] == "instance" and card["limits"]["max_pixels"] == 5000
     assert main(["serve", str(model_dir), "--backend", "onnxruntime"]) == 2
     assert "--backend torch only" in capsys.readouterr().err

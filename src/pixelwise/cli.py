@@ -115,10 +115,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeLimits, serve
 
-    limits = ServeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, workers=args.workers,
-                         max_queue=args.max_queue, timeout_s=args.timeout)
+    limits = ServeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_memory_mb=args.max_memory_mb,
+                         workers=args.workers, max_queue=args.max_queue, timeout_s=args.timeout,
+                         read_timeout_s=args.read_timeout, max_connections=args.max_connections,
+                         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms)
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, amp=args.amp,
-          backend=args.backend, limits=limits)
+          backend=args.backend, limits=limits, token=args.token)
     return 0
 
 
@@ -267,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest upload (HTTP 413)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest width*height (HTTP 413)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before HTTP 504")
+    p.add_argument("--max-memory-mb", type=int, default=1024,
+                   help="largest estimated decode + inference memory of one request (HTTP 413)")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="seconds a client may stay silent while sending its request (HTTP 408 / closed)")
+    p.add_argument("--max-connections", type=int, default=512, help="open connections (oldest idle one dropped)")
+    p.add_argument("--batch-max", type=int, default=1, help="dynamic batching: images per forward (1: off)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="dynamic batching: longest wait for a batch")
+    p.add_argument("--token", default=None, help="bearer token clients must send (default: $PIXELWISE_TOKEN); "
+                                                 "required with a --host other than this machine")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("annotate", help="label a folder of images in the browser, with proposals and retraining")

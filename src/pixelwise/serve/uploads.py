@@ -10,6 +10,7 @@ written to disk and nothing is unpickled or evaluated.
 from __future__ import annotations
 
 import io
+import logging
 import re
 from dataclasses import asdict, dataclass
 
@@ -18,9 +19,9 @@ from PIL import Image, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 
 from ..data.io import decode_image
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
-__all__ = ["ServeLimits", "RequestError", "ALLOWED_FORMATS", "decode_upload"]
+__all__ = ["ServeLimits", "RequestError", "ALLOWED_FORMATS", "decode_upload", "probe_upload", "log_rejection"]
 
 # PIL format names accepted from clients. GIF/ICO/PSD/EPS... are refused: not photos,
 # and each extra decoder is extra attack surface.
@@ -33,21 +34,57 @@ _MAGIC = re.compile(rb"\x89PNG\r\n\x1a\n|\xff\xd8\xff|BM|II\*\x00|MM\x00\*|RIFF.
 class ServeLimits:
     """Bounds that keep the server up under hostile or simply heavy traffic.
 
+    Server memory stays under ``baseline + (workers + max_queue) * max_bytes + workers *
+    max_memory_mb``: a request holds a queue place (or gets 503) before its body is read, its
+    body is cut off at ``max_bytes`` while it streams, and its decode + inference must fit
+    ``max_memory_mb`` by the estimate of :mod:`pixelwise.serve.budget` before anything is
+    decoded.
+
     Attributes:
-        max_bytes: largest accepted upload (HTTP 413 above it).
+        max_bytes: largest accepted upload (HTTP 413 above it, enforced while the body streams).
         max_pixels: largest accepted width × height, checked from the header (413).
-        workers: requests segmented at the same time (each holds one image in memory).
-        max_queue: requests allowed to wait for a worker; more get HTTP 503 at once.
-        timeout_s: a request not answered within this time gets HTTP 504.
+        max_memory_mb: largest estimated decode + inference memory of one request, in MiB (413).
+        workers: requests segmented at the same time (each holds one decoded image in memory).
+        max_queue: admitted requests allowed to upload or wait for a worker; more get HTTP 503 at once.
+        timeout_s: a request not answered within this time gets HTTP 504 (its upload counts).
+        read_timeout_s: longest silence allowed from a client, while it sends its request
+            header (which must be complete within this time) or between body chunks (HTTP 408).
+        max_connections: open connections; at the cap the oldest idle or stalled one is closed
+            to make room, and a new one is refused when every open one is busy.
         max_tile: largest sliding-window tile a client may ask for.
+        batch_max: requests of similar size run as one forward (1: no dynamic batching).
+        batch_wait_ms: how long the first request of a batch waits for others to join.
     """
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
+    max_memory_mb: int = 1024
     workers: int = 1
     max_queue: int = 8
     timeout_s: float = 60.0
+    read_timeout_s: float = 10.0
+    max_connections: int = 512
     max_tile: int = 2048
+    batch_max: int = 1
+    batch_wait_ms: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels", "max_memory_mb", "workers", "max_connections", "max_tile",
+                     "batch_max"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ServeLimits.{name}={value!r} must be a positive integer")
+        for name in ("timeout_s", "read_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"ServeLimits.{name}={getattr(self, name)!r} must be a positive number of seconds")
+        if self.max_queue < 0 or self.batch_wait_ms < 0:
+            raise ConfigError(f"ServeLimits: max_queue={self.max_queue} and batch_wait_ms={self.batch_wait_ms} "
+                              f"must be >= 0")
+
+    @property
+    def capacity(self) -> int:
+        """Requests the server holds at once: running plus queued."""
+        return self.workers + self.max_queue
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,12 +98,19 @@ class RequestError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def decode_upload(data: bytes, limits: ServeLimits) -> np.ndarray:
-    """Validate and decode uploaded image bytes. Returns ``(H, W, 3)`` uint8 RGB.
+def log_rejection(client: tuple[str, int] | None, method: str, path: str, status: int, code: str,
+                  message: str) -> None:
+    """One warning line for a refused request (``pixelwise.serve`` logger): who, what, why. Never a traceback."""
+    who = f"{client[0]}:{client[1]}" if client else "a client"
+    logging.getLogger("pixelwise.serve").warning("%s: %s %s -> %d %s: %s", who, method, path, status, code, message)
 
-    Raises :class:`RequestError`: 400 (empty, zero-size, corrupt or truncated image),
-    413 (too many bytes or pixels), 415 (not an image, or a format not in
-    :data:`ALLOWED_FORMATS`).
+
+def probe_upload(data: bytes, limits: ServeLimits) -> tuple[str, int, int]:
+    """Check uploaded bytes from their header alone: ``(format, width, height)``.
+
+    Nothing is decoded, so a tiny file claiming a huge size costs nothing. Raises
+    :class:`RequestError`: 400 (empty, zero-size or damaged header), 413 (too many bytes or
+    pixels), 415 (not an image, or a format not in :data:`ALLOWED_FORMATS`).
     """
     if not data:
         raise RequestError(400, "empty_body", "the request holds no image; send the file as the multipart field "
@@ -95,6 +139,16 @@ def decode_upload(data: bytes, limits: ServeLimits) -> np.ndarray:
     if width * height > limits.max_pixels:
         raise RequestError(413, "too_many_pixels", f"the image is {width}×{height} = {width * height} pixels; the "
                                                    f"limit is {limits.max_pixels} (resize it, or raise --max-pixels)")
+    return fmt, width, height
+
+
+def decode_upload(data: bytes, limits: ServeLimits) -> np.ndarray:
+    """Validate and decode uploaded image bytes. Returns ``(H, W, 3)`` uint8 RGB.
+
+    Raises :class:`RequestError` as :func:`probe_upload` does, and 400 for pixels that do not
+    decode (truncated or corrupt data).
+    """
+    _, width, height = probe_upload(data, limits)
     try:
         image = decode_image(data, "upload")
     except DataError as err:
