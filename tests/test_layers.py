@@ -1,5 +1,6 @@
 """Blocks: shapes and behaviour checked against what the paper says they compute."""
 
+import pytest
 import torch
 
 from pixelwise.layers import ASPP, ConvNormAct, PyramidPooling, SeparableConvNormAct
@@ -54,3 +55,16 @@ def test_pyramid_pooling_bins_average_sub_regions():
     assert torch.allclose(pooled2[:, :, 0, 1], quadrant, atol=1e-6)
     global_branch = y[:, 8:10]
     assert torch.allclose(global_branch, global_branch[..., :1, :1].expand_as(global_branch), atol=1e-6)
+
+
+@pytest.mark.parametrize("bins", [1, 2, 3, 6])
+def test_adaptive_avg_pool_equals_torch_at_every_size(bins):
+    from pixelwise.layers.ppm import AdaptiveAvgPool
+
+    torch.manual_seed(0)
+    pool = AdaptiveAvgPool(bins)
+    for h, w in [(1, 1), (1, 7), (5, 3), (13, 17), (64, 64), (33, 97)]:  # bins > size included
+        x = torch.randn(2, 3, h, w, dtype=torch.float64)
+        assert torch.allclose(pool(x), torch.nn.functional.adaptive_avg_pool2d(x, bins), atol=1e-12)
+    x = torch.randn(1, 2, 19, 23)
+    assert pool(x).dtype == torch.float32 and pool(x.to(memory_format=torch.channels_last)).shape == (1, 2, bins, bins)

@@ -226,8 +226,9 @@ def _prepare(model: nn.Module, *, height: int, width: int, dynamic: bool, pipeli
     if pipeline:
         net = SegmentationPipeline(net, mean=mean, std=std, layout=layout)
     shapes = [(2, height, width)]
-    if dynamic:  # a second, different size that needs padding, and another batch size
+    if dynamic:  # two more sizes, odd ones that need padding, one smaller than traced, another batch size
         shapes.append((1, height + stride // 2 + 1, width + stride // 2 + 3))
+        shapes.append((1, max(min_size, height // 2 + 3), max(min_size, width * 3 // 4 + 5)))
     return net.eval(), stride, min_size, mean, std, shapes
 
 

@@ -3,6 +3,11 @@
 The feature map is average-pooled to ``bins``×``bins`` grids (1, 2, 3, 6), each reduced to
 ``in_channels / len(bins)`` channels by a 1×1 ConvNormAct, upsampled back and concatenated
 with the input: global and sub-region context next to the local features.
+
+The pooling is :class:`AdaptiveAvgPool`, not ``nn.AdaptiveAvgPool2d``: exported to ONNX, the
+latter becomes an ``AveragePool`` whose kernel was fixed at the traced size, which gives wrong
+answers at other sizes and an out-of-bounds Gather in ONNX Runtime where the map does not
+divide by the bins.
 """
 
 from __future__ import annotations
@@ -16,6 +21,43 @@ from torch import Tensor, nn
 from .conv import ConvNormAct
 
 
+def _pool_last(x: Tensor, bins: int) -> Tensor:
+    """Average the last axis of ``x`` over ``bins`` regions: region ``i`` is
+    ``[floor(i n / bins), ceil((i + 1) n / bins))``, as ``F.adaptive_avg_pool2d`` has it.
+
+    Differences of a cumulative sum at computed indices, on contiguous tensors: no operation
+    broadcasts against the axis length or mixes memory layouts, so a dynamic ONNX export keeps
+    that length symbolic."""
+    n = x.shape[-1]
+    i = torch.arange(bins, device=x.device)
+    start = torch.div(i * n, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * n + bins - 1, bins, rounding_mode="floor")
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    total = F.pad(torch.cumsum(x.to(dtype), -1), (1, 0)).contiguous()  # total[k]: sum of the first k
+    return ((total.index_select(-1, end) - total.index_select(-1, start)) / (end - start).to(dtype)).to(x.dtype)
+
+
+class AdaptiveAvgPool(nn.Module):
+    """Adaptive average pooling to ``bins`` x ``bins``: ``(N, C, H, W)`` -> ``(N, C, bins, bins)``.
+
+    Equal to ``nn.AdaptiveAvgPool2d(bins)`` at every size (up to float summation order), and
+    exported to ONNX as ops that follow the input's size (see the module docstring).
+    """
+
+    def __init__(self, bins: int) -> None:
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bins == 1:  # global pooling (ReduceMean in ONNX)
+            return x.mean((-2, -1), keepdim=True)
+        rows = _pool_last(x.transpose(-1, -2).contiguous(), self.bins)  # (N, C, W, bins)
+        return _pool_last(rows.transpose(-1, -2).contiguous(), self.bins)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}"
+
+
 class PyramidPooling(nn.Module):
     """``(N, C, H, W)`` -> ``(N, C + len(bins) * C // len(bins), H, W)``."""
 
@@ -23,7 +65,7 @@ class PyramidPooling(nn.Module):
         super().__init__()
         reduced = in_channels // len(bins)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), ConvNormAct(in_channels, reduced, 1, norm=norm)) for b in bins)
+            nn.Sequential(AdaptiveAvgPool(b), ConvNormAct(in_channels, reduced, 1, norm=norm)) for b in bins)
         self.out_channels = in_channels + reduced * len(bins)
 
     def forward(self, x: Tensor) -> Tensor:
