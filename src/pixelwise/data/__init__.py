@@ -69,7 +69,8 @@ def class_names(cfg: DataCfg) -> list[str]:
         return names
     standard = {"voc": _voc.class_names, "voc_aug": _voc.class_names, "sbd": _voc.class_names,
                 "cityscapes": _cityscapes.class_names, "camvid": _camvid.class_names, "kitti_road": _kitti.class_names,
-                "ade20k": _ade20k.class_names, "labelme": _labelme.class_names}
+                "ade20k": _ade20k.class_names, "labelme": _labelme.class_names,
+                "labelme_voc": _voc.labelme_voc_class_names}
     if cfg.dataset in standard:
         return standard[cfg.dataset](cfg)
     return [f"class_{i}" for i in range(cfg.num_classes)]

@@ -17,8 +17,14 @@ Layouts (``data.root`` is the folder shown first):
   (MATLAB struct ``GTcls`` whose field ``Segmentation`` is the ``(H, W)`` class map) and
   ``train.txt`` / ``val.txt``.
 
-All three have 21 classes (background + 20 objects). Label 255 in the files becomes
-``data.ignore_index``.
+- ``labelme_voc``: what labelme's ``labelme2voc.py`` writes: ``JPEGImages/ID.jpg``,
+  ``SegmentationClassPNG/ID.png`` (palette PNGs; ``__ignore__`` regions are 255) and
+  ``class_names.txt`` (``_background_`` first), with no split files: ``train`` and ``val``
+  are a deterministic split (``data.args.val_fraction``, default 0.2, and ``data.args.seed``)
+  unless ``ImageSets/Segmentation/<split>.txt`` exists.
+
+The first three have 21 classes (background + 20 objects); ``labelme_voc`` has the classes of
+its ``class_names.txt``. Label 255 in the files becomes ``data.ignore_index``.
 """
 
 from __future__ import annotations
@@ -34,14 +40,17 @@ from ..registry import DATASETS, register
 from .io import read_mask
 from .pairs import (
     PairedDataset,
+    arg,
     check_args,
     check_num_classes,
+    deterministic_split,
     read_id_list,
     require_dir,
     require_root,
 )
 
-__all__ = ["CLASS_NAMES", "class_names", "build_voc", "build_voc_aug", "build_sbd", "read_sbd_mat"]
+__all__ = ["CLASS_NAMES", "class_names", "build_voc", "build_voc_aug", "build_sbd", "read_sbd_mat", "build_labelme_voc",
+           "labelme_voc_class_names"]
 
 CLASS_NAMES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -50,6 +59,8 @@ CLASS_NAMES: tuple[str, ...] = (
 VOC_VOID = 255  # the border label VOC draws around every object
 VOC_ROOT = "the VOC2012 folder (VOCdevkit/VOC2012, holding JPEGImages/ and SegmentationClass/)"
 AUG_ROOT = "the VOC2012 folder holding JPEGImages/ and SegmentationClassAug/ (VOCdevkit/VOC2012)"
+LABELME_ROOT = ("labelme2voc.py's output folder (holding JPEGImages/, SegmentationClassPNG/ and "
+                "class_names.txt)")
 SBD_ROOT = "SBD's dataset folder (benchmark_RELEASE/dataset, holding img/, cls/, train.txt, val.txt)"
 
 
@@ -107,6 +118,10 @@ def build_voc(cfg, split: str, *, train: bool, transform: Callable | None) -> Pa
     check_args(cfg, "voc", ())
     check_num_classes(cfg, "voc", len(CLASS_NAMES))
     root = require_root(cfg, "voc", VOC_ROOT)
+    if (root / "SegmentationClassPNG").is_dir() and not (root / "SegmentationClass").is_dir():
+        raise DataError(f"voc: {str(root)!r} holds SegmentationClassPNG/, the layout labelme2voc.py writes, not "
+                        f"VOC2012's SegmentationClass/; set data.dataset: labelme_voc (it reads class_names.txt "
+                        f"and splits train/val itself)")
     images = require_dir(root / "JPEGImages", "voc", VOC_ROOT)
     labels = require_dir(root / "SegmentationClass", "voc", VOC_ROOT)
     ids = read_id_list(root / "ImageSets" / "Segmentation" / f"{split}.txt", "voc", VOC_ROOT)
@@ -155,3 +170,42 @@ def build_sbd(cfg, split: str, *, train: bool, transform: Callable | None) -> Pa
     return PairedDataset(items, decode=partial(_decode_sbd, ignore_index=cfg.ignore_index),
                          num_classes=cfg.num_classes, ignore_index=cfg.ignore_index,
                          transform=transform, dataset="sbd", point_at=SBD_ROOT)
+
+
+def labelme_voc_class_names(cfg) -> list[str]:
+    """The names in ``class_names.txt`` of a labelme2voc folder (``_background_`` is class 0)."""
+    root = require_root(cfg, "labelme_voc", LABELME_ROOT)
+    path = root / "class_names.txt"
+    if not path.is_file():
+        raise DataError(f"labelme_voc: {str(path)!r} does not exist; data.root must be {LABELME_ROOT}")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip() and line.strip() != "__ignore__"]
+    if not names:
+        raise DataError(f"labelme_voc: {str(path)!r} lists no classes; labelme2voc.py writes one per line")
+    return names
+
+
+@register(DATASETS, "labelme_voc")
+def build_labelme_voc(cfg, split: str, *, train: bool, transform: Callable | None) -> PairedDataset:
+    """labelme2voc.py's output as it comes: JPEGImages/ + SegmentationClassPNG/ + class_names.txt."""
+    check_args(cfg, "labelme_voc", ("val_fraction", "seed"))
+    names = labelme_voc_class_names(cfg)
+    check_num_classes(cfg, "labelme_voc", len(names), f"the classes of class_names.txt: {', '.join(names)}")
+    root = require_root(cfg, "labelme_voc", LABELME_ROOT)
+    images = require_dir(root / "JPEGImages", "labelme_voc", LABELME_ROOT)
+    labels = require_dir(root / "SegmentationClassPNG", "labelme_voc", LABELME_ROOT)
+    listed = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if listed.is_file():
+        ids = read_id_list(listed, "labelme_voc", LABELME_ROOT)
+    else:
+        labelled = sorted(p.stem for p in labels.glob("*.png"))
+        ids = deterministic_split(labelled, split, val_fraction=arg(cfg, "val_fraction", 0.2, (float, int),
+                                                                        "labelme_voc"),
+                                  seed=arg(cfg, "seed", 0, (int,), "labelme_voc"), dataset="labelme_voc")
+    suffixes = (".jpg", ".jpeg", ".png")
+    items = []
+    for i in ids:
+        image = next((images / f"{i}{s}" for s in suffixes if (images / f"{i}{s}").is_file()), images / f"{i}.jpg")
+        items.append((image, labels / f"{i}.png", i))
+    return PairedDataset(items, decode=partial(_decode_png, ignore_index=cfg.ignore_index),
+                         num_classes=cfg.num_classes, ignore_index=cfg.ignore_index,
+                         transform=transform, dataset="labelme_voc", point_at=LABELME_ROOT)
