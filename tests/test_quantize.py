@@ -118,10 +118,13 @@ def test_bad_calibration_and_low_agreement_are_clear_errors(trained, tmp_path):
         quantize_onnx(folder / "model.onnx", tmp_path / "a.onnx", [np.zeros((8, 8), np.float32)], verbose=False)
     with pytest.raises(ConfigError, match="does not exist"):
         quantize_onnx(tmp_path / "missing.onnx", tmp_path / "a.onnx", [np.zeros((8, 8, 3), np.uint8)], verbose=False)
-    with pytest.raises(PixelwiseError, match="more or more typical calibration images"):
+    (tmp_path / "a.onnx").write_bytes(b"an int8 file made for an older fp32 file")
+    with pytest.raises(PixelwiseError, match=r"not installed \(kept for inspection as a.rejected.onnx; the older"):
         quantize_onnx(folder / "model.onnx", tmp_path / "a.onnx", [im for im, _ in _images(5, 2)],
                       min_agreement=1.01, verbose=False)
-    assert (tmp_path / "a.onnx").is_file()  # written anyway, for inspection
+    # Nothing unverified where a backend looks; the rejected file is kept under another name.
+    assert not (tmp_path / "a.onnx").exists() and (tmp_path / "a.rejected.onnx").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.rejected.onnx"]
 
 
 def test_cli_export_int8_and_predict_with_the_int8_backend(trained, tmp_path, capsys):
@@ -144,5 +147,11 @@ def test_cli_export_int8_and_predict_with_the_int8_backend(trained, tmp_path, ca
     assert main(["predict", str(folder), str(images / "img0.png"), "--out", str(out),
                  "--backend", "onnxruntime-int8"]) == 0
     assert (out / "img0.png").is_file()
+    # A failed check leaves no int8 file for the backend to load, not even the earlier good one.
+    assert main(["export", str(folder), "--height", "64", "--width", "64", "--int8", "--calibrate", str(images),
+                 "--min-int8-agreement", "1.01"]) == 2
+    assert "not installed" in capsys.readouterr().err and not (folder / "model.int8.onnx").exists()
+    with pytest.raises(ConfigError, match="pixelwise export .* --int8 --calibrate"):
+        Segmenter.from_pretrained(folder, backend="onnxruntime-int8")
     assert main(["export", str(folder), "--int8"]) == 2  # --calibrate missing: a clear error
     assert "--calibrate IMAGES" in capsys.readouterr().err

@@ -254,3 +254,19 @@ def test_interrupted_predict_keeps_the_rle_files_of_finished_images(model_dir, t
     assert coco and {e["file_name"] for e in coco} == {"im0.png"}
     with open(tmp_path / "out" / "predictions_rle.csv", newline="") as f:
         assert [row[:2] for row in csv.reader(f)] == [["ImageId", "ClassId"], ["im0.png", "1"], ["im0.png", "2"]]
+
+
+def test_predict_skips_an_oversized_image_names_it_and_segments_the_rest(model_dir, tmp_path, monkeypatch):
+    from pixelwise.engine.infer import predict_paths
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(_image(24, 24, seed=1)).save(images / "a.png")
+    Image.fromarray(_image(80, 80, seed=2)).save(images / "b_big.png")
+    Image.fromarray(_image(24, 24, seed=3)).save(images / "c.png")
+    monkeypatch.setenv("PIXELWISE_MAX_IMAGE_PIXELS", "1000")  # 80x80 is over, 24x24 under
+    result = predict_paths(model_dir, [images], tmp_path / "out", formats="png", progress=False)
+    assert result["written"] == ["a", "c"]
+    [(path, reason)] = result["failed"]
+    assert path.endswith("b_big.png") and "80x80 (6,400 pixels), more than the limit of 1,000" in reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]

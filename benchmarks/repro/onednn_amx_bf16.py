@@ -20,6 +20,19 @@ case that caused it, compares the bf16 gradients with an fp32 computation on the
 (``ONEDNN_VERBOSE=1``). Verdicts: ``ok``, ``wrong`` (gradient off by more than bf16 can
 explain), ``crash`` (the child died of a signal), ``error`` (a Python exception).
 
+What it found on PyTorch 2.14.1 (``benchmarks/results/onednn_bf16_repro_*.json``):
+
+- Intel Xeon with AMX (2026-12-02): the weight gradient of a convolution with more than 2048
+  input channels and fewer than 16 output channels crashes (SIGABRT/SIGSEGV in
+  ``brgconv_bwd_w:avx10_1_512_amx``) on 2, 3, 4 and 8 threads, at every map from 1x3 to
+  64x64, kernels 1, 3 and 7, NCHW and channels_last. 2048 -> 2, 4096 -> 16, 8192 -> 16 and
+  the input gradient pass; on one thread nothing crashes. The report's module crashes in its
+  second layer (4096 -> 2), not because its map is small. Reproduce the boundary with
+  ``--kernel 1 --size 8x8 --channels 2048->2,2056->2,4096->15,4096->16 --grad weight``.
+- AMD EPYC with AVX512-BF16, no AMX (2026-12-02): no crash, but wrong weight gradients
+  (garbage in the taps that see only padding) when the padding exceeds the map, e.g. a 7x7
+  convolution padded by 3 on 1x3 and 2x4 maps, 256 channels and more.
+
 It needs nothing but PyTorch, so it can be attached to an upstream report as it is::
 
     python onednn_amx_bf16.py                 # the quick grid (about 40 cases)
@@ -44,7 +57,7 @@ import subprocess
 import sys
 import time
 
-QUICK = {"kernel": [1, 3, 7], "size": [(1, 3), (2, 4), (4, 4), (8, 8), (16, 16)], "channels": [(512, 4096)],
+QUICK = {"kernel": [1, 3, 7], "size": [(1, 3), (2, 4), (4, 4), (8, 8), (16, 16)], "channels": [(512, 4096), (4096, 2)],
          "layout": ["nchw", "nhwc"], "grad": ["both"]}
 FULL = {"kernel": [1, 3, 5, 7], "size": [(1, 1), (1, 3), (2, 2), (2, 4), (3, 3), (4, 4), (6, 6), (8, 8), (12, 12),
                                          (16, 16), (32, 32)],
@@ -97,7 +110,8 @@ def run_case(case: dict, repeats: int) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = net(xi)
         y.float().square().mean().backward()
-    got = ([xi.grad.float()] if want_input else []) + ([p.grad.float() for p in net.parameters()] if want_weight else [])
+    got = ([xi.grad.float()] if want_input else []) + (
+        [p.grad.float() for p in net.parameters()] if want_weight else [])
 
     # Reference: the same bf16-rounded input and weights, computed in fp32.
     ref_net = copy.deepcopy(net).float()
@@ -169,6 +183,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="forward+backward passes per case")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a case counts as a hang")
     parser.add_argument("--json", help="write the verdicts to this file")
+    parser.add_argument("--kernel", help="only these kernel sizes, e.g. 1,3")
+    parser.add_argument("--size", help="only these maps, e.g. 1x3,8x8")
+    parser.add_argument("--channels", help="only these in->out channel pairs, e.g. 4096->2,512->4096")
+    parser.add_argument("--layout", help="nchw, nhwc or both (nchw,nhwc)")
+    parser.add_argument("--grad", help="only these gradients: both,input,weight")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # the child's entry point
     args = parser.parse_args()
     if args.case:
@@ -177,14 +196,27 @@ def main() -> int:
     import torch
 
     onednn = re.search(r"oneDNN v[\d.]+", torch.__config__.show())
-    header = {"torch": torch.__version__, "onednn": onednn.group(0) if onednn else "?", "cpu": cpu_description()}
+    header = {"torch": torch.__version__, "onednn": onednn.group(0) if onednn else "?", "cpu": cpu_description(),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "2")}
     print(json.dumps(header))
     results = []
     print(f"{'kernel':>6} {'map':>7} {'channels':>11} {'layout':>6} {'grad':>6}  verdict  detail")
-    for case in grid(FULL if args.full else QUICK):
+    spec = dict(FULL if args.full else QUICK)
+    if args.kernel:
+        spec["kernel"] = [int(k) for k in args.kernel.split(",")]
+    if args.size:
+        spec["size"] = [tuple(int(v) for v in s.split("x")) for s in args.size.split(",")]
+    if args.channels:
+        spec["channels"] = [tuple(int(v) for v in c.split("->")) for c in args.channels.split(",")]
+    if args.layout:
+        spec["layout"] = args.layout.split(",")
+    if args.grad:
+        spec["grad"] = args.grad.split(",")
+    for case in grid(spec):
         r = run_in_child(case, args.repeats, args.timeout)
         results.append(r)
-        detail = r.get("signal") or r.get("message") or (f"rel err {r['max_rel_err']:.2g}" if "max_rel_err" in r else "")
+        detail = r.get("signal") or r.get("message") or (
+            f"rel err {r['max_rel_err']:.2g}" if "max_rel_err" in r else "")
         bwd = ";".join(sorted({i for kind, impls in r.get("impl", {}).items() if kind.startswith("backward")
                                for i in impls}))
         name = "issue" if case.get("issue") else case["kernel"]

@@ -9,17 +9,24 @@ small feature maps (``benchmarks/repro/onednn_amx_bf16.py`` reproduces them stan
   should be exactly 0 but come back as garbage (uninitialised memory, values up to 1e20),
   for 256 channels and more. FCN's fc6 (7x7, padding 3) on 32x96 crops is such a case: its
   weights are silently corrupted.
-- **AMX heap corruption** (reported on an Intel Xeon with AMX, Sapphire Rapids class): the
-  backward of 1x1 and 3x3 convolutions with many channels on maps of a few pixels (1x3)
-  aborts with ``corrupted double-linked list`` or corrupts the heap silently.
+- **AMX heap corruption** (measured on an Intel Xeon with AMX, 2026-12-02): the weight
+  gradient of a convolution with more than 2048 input channels and fewer than 16 output
+  channels (oneDNN's ``brgconv_bwd_w`` AMX kernel) writes out of bounds when it runs on two
+  threads or more: ``corrupted double-linked list``/``free(): invalid pointer`` aborts or a
+  segfault, at every map size tried (1x3 to 64x64), kernel 1, 3 and 7, NCHW and
+  channels_last alike. 2048 input channels and 16 output channels are fine, the input
+  gradient is fine, one thread is fine. FCN's score layer (4096 -> a few classes) is such a
+  convolution: the report's two-layer module is one.
 
-The workaround runs exactly those convolutions in fp32 (autocast off for that layer only; the
-next layer casts back to bf16), so everything else keeps bf16's speed. Their maps are tiny,
-so the fp32 work is small. Each class is switched on only where a probe shows it: the
-padding class by a small in-process check (milliseconds, it cannot crash), the AMX class by
-the report's two-layer module run in a child process (it can crash), only on CPUs with AMX,
-cached per torch version and CPU model. A torch that has fixed a bug passes its probe, and
-the workaround switches itself off. ``PIXELWISE_BF16_GUARD=on|off`` overrides the probes.
+The workaround runs exactly those convolutions in fp32 (autocast off for that layer only;
+the next layer casts back to bf16), so everything else keeps bf16's speed. Their maps
+(padding class) or their output channels (AMX class) are tiny, so the fp32 work is small.
+Each class is switched on only where a probe shows it: the padding class by a small in-
+process check (milliseconds, it cannot crash), the AMX class by one such convolution's
+weight gradient on two threads in a child process (it can crash), only on CPUs with AMX,
+cached per torch version, CPU model and probe. A torch that has fixed a bug passes its
+probe, and the workaround switches itself off. ``PIXELWISE_BF16_GUARD=on|off`` overrides the
+probes.
 """
 
 from __future__ import annotations
@@ -43,17 +50,21 @@ from . import runtime
 
 __all__ = ["GuardRule", "amx_crash_probe", "guard_convs", "guard_rule", "padding_tap_probe"]
 
-# Maps with at most this many pixels run fp32 on CPUs where the AMX probe fails. The report
-# saw the crash at 1x3; 8x8 leaves a margin the repro script can narrow on such a machine.
-AMX_SMALL_MAP_PIXELS = 64
+# The AMX class, as benchmarks/repro/onednn_amx_bf16.py bounds it on PyTorch 2.14.1: more than
+# 2048 input channels (2056 crashed, 2048 did not) and fewer than 16 output channels (15 crashed,
+# 16 did not). The rule takes 2048 itself too, a margin that costs nothing on such a narrow layer.
+AMX_WIDE_IN = 2048
+AMX_NARROW_OUT = 16
 
+# Two threads at least: on one thread the kernel partitions differently and does not crash.
 _AMX_PROBE = """
 import torch
-m = torch.nn.Sequential(torch.nn.Conv2d(512, 4096, 1), torch.nn.Conv2d(4096, 2, 1))
-x = torch.randn(2, 512, 1, 3)
+torch.set_num_threads(max(2, torch.get_num_threads()))
+conv = torch.nn.Conv2d(4096, 2, 1)
+x = torch.randn(2, 4096, 8, 8)
 for _ in range(3):
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = m(x)
+        y = conv(x)
     y.float().sum().backward()
 print("PROBE-OK")
 """
@@ -65,20 +76,22 @@ class GuardRule:
 
     Attributes:
         padding_taps: a convolution whose padding exceeds its input's height or width.
-        small_map_pixels: a convolution whose input has at most this many pixels (0: none).
+        wide_to_narrow: a convolution with at least ``AMX_WIDE_IN`` input channels per group and
+            fewer than ``AMX_NARROW_OUT`` output channels, whatever its map size.
     """
 
     padding_taps: bool = False
-    small_map_pixels: int = 0
+    wide_to_narrow: bool = False
 
     @property
     def active(self) -> bool:
-        return self.padding_taps or self.small_map_pixels > 0
+        return self.padding_taps or self.wide_to_narrow
 
     def applies(self, conv: nn.Conv2d, x: torch.Tensor) -> bool:
         """Whether ``conv`` on ``x`` ``(N, C, H, W)`` must run fp32."""
         h, w = x.shape[-2], x.shape[-1]
-        if self.small_map_pixels and h * w <= self.small_map_pixels:
+        if (self.wide_to_narrow and conv.in_channels // conv.groups >= AMX_WIDE_IN
+                and conv.out_channels < AMX_NARROW_OUT):
             return True
         if self.padding_taps and isinstance(conv.padding, tuple):  # "same"/"valid" strings: no padding rule
             return min(h, w) < max(conv.padding)
@@ -86,7 +99,7 @@ class GuardRule:
 
     def describe(self) -> str:
         parts = (["padding larger than the map"] if self.padding_taps else []) + (
-            [f"maps of <= {self.small_map_pixels} pixels"] if self.small_map_pixels else [])
+            [f">= {AMX_WIDE_IN} input and < {AMX_NARROW_OUT} output channels"] if self.wide_to_narrow else [])
         return " or ".join(parts) or "none"
 
 
@@ -128,7 +141,8 @@ def padding_tap_probe() -> bool:
 
 def _cache_file() -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pixelwise"
-    key = hashlib.sha1(f"{torch.__version__}|{_cpu_model()}|{os.environ.get('ONEDNN_MAX_CPU_ISA', '')}".encode())
+    key = hashlib.sha1(f"{torch.__version__}|{_cpu_model()}|{os.environ.get('ONEDNN_MAX_CPU_ISA', '')}|"
+                       f"{_AMX_PROBE}".encode())  # a changed probe must not reuse an old verdict
     return root / f"onednn-amx-probe-{key.hexdigest()[:12]}.json"
 
 
@@ -142,7 +156,7 @@ def amx_crash_probe() -> bool:
         return bool(json.loads(cache.read_text())["crashes"])
     except (OSError, ValueError, KeyError):
         pass
-    env = {**os.environ, "MALLOC_CHECK_": "3", "MALLOC_PERTURB_": "165", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "MALLOC_CHECK_": "3", "MALLOC_PERTURB_": "165", "OMP_NUM_THREADS": "2"}
     try:
         proc = subprocess.run([sys.executable, "-c", _AMX_PROBE], env=env, capture_output=True, text=True,
                               timeout=120)
@@ -165,11 +179,10 @@ def guard_rule() -> GuardRule:
     if setting == "off":
         return GuardRule()
     if setting == "on":
-        return GuardRule(padding_taps=True, small_map_pixels=AMX_SMALL_MAP_PIXELS)
+        return GuardRule(padding_taps=True, wide_to_narrow=True)
     if setting != "auto":
         raise ValueError(f"PIXELWISE_BF16_GUARD must be auto, on or off, got {setting!r}")
-    return GuardRule(padding_taps=padding_tap_probe(),
-                     small_map_pixels=AMX_SMALL_MAP_PIXELS if amx_crash_probe() else 0)
+    return GuardRule(padding_taps=padding_tap_probe(), wide_to_narrow=amx_crash_probe())
 
 
 def _guarded_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,20 @@
 """Experiment configuration: dataclasses <-> YAML.
 
-A config file is one flat YAML document with the sections ``model``, ``data`` and
-``train``. Unknown keys and values of the wrong type are errors that name the key,
-so a typo fails where it is written. ``--set train.lr=0.01`` style overrides are
+A config file is one YAML document with the sections ``model``, ``data`` and
+``train``. Unknown keys, values of the wrong type and values out of range (``batch_size: 0``,
+a negative ``lr``, ``device: tpu``) are errors that name the key, so a typo fails where it is
+written. ``--set train.lr=0.01`` style overrides are
 parsed with YAML rules (``0.01`` is a float, ``null`` is None, ``[1, 2]`` a list).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -176,9 +180,86 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+# Value rules, checked once at load after the types: (dotted key, test, what it must be, the fix).
+# A test receives the value (None only where the field allows it and means "off").
+def _positive_int(v: Any) -> bool:
+    return v >= 1
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0 and math.isfinite(v)
+
+
+def _positive(v: Any) -> bool:
+    return v > 0 and math.isfinite(v)
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("data.num_classes", _positive_int, "an integer >= 1 (the number of classes, background included)"),
+    ("data.crop_size", _positive_int, "an integer >= 1 (pixels)"),
+    ("data.batch_size", _positive_int, "an integer >= 1"),
+    ("data.num_workers", lambda v: v >= 0, "an integer >= 0 (0 loads in the main process)"),
+    ("data.train_samples", _positive_int, "an integer >= 1"),
+    ("data.val_samples", _positive_int, "an integer >= 1"),
+    ("data.std", lambda v: len(v) > 0 and all(isinstance(x, (int, float)) and _positive(x) for x in v),
+     "a list of positive numbers, one per input channel"),
+    ("data.mean", lambda v: len(v) > 0 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v),
+     "a list of numbers, one per input channel"),
+    ("data.resize", lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x >= 1 for x in v),
+     "[height, width], two integers >= 1, or null"),
+    ("model.in_channels", _positive_int, "an integer >= 1"),
+    ("train.epochs", _positive_int, "an integer >= 1"),
+    ("train.lr", _positive, "a finite number > 0, e.g. 1e-3"),
+    ("train.weight_decay", _non_negative, "a finite number >= 0"),
+    ("train.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("train.poly_power", _positive, "a finite number > 0"),
+    ("train.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("train.grad_clip", _positive, "a finite number > 0, or null for no clipping"),
+    ("train.val_every", _positive_int, "an integer >= 1 (validate every N epochs)"),
+    ("train.log_every", _positive_int, "an integer >= 1 (log every N steps)"),
+    ("train.max_steps", _positive_int, "an integer >= 1, or null to train for train.epochs"),
+    ("train.accumulate", _positive_int, "an integer >= 1"),
+    ("train.ema_decay", lambda v: 0 < v < 1, "a number in (0, 1), e.g. 0.999, or null for no EMA"),
+    ("train.encoder_lr_mult", _non_negative, "a finite number >= 0"),
+    ("train.freeze_encoder_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("train.aux_weight", _non_negative, "a finite number >= 0, or null for the model's default"),
+    ("train.early_stop_patience", _positive_int, "an integer >= 1, or null"),
+    ("train.amp", lambda v: v in ("none", "bf16", "fp16"), "none, bf16 or fp16"),
+    ("train.device", lambda v: bool(_DEVICE.match(v)), "auto, cpu, cuda, cuda:N or mps"),
+    ("train.out_dir", lambda v: bool(v.strip()) and not Path(v).is_file(),
+     "a folder path (not an existing file)"),
+]
+
+
+def validate(cfg: ExperimentCfg) -> ExperimentCfg:
+    """Check every value rule (and the rules between values); the first broken one is a
+    :class:`ConfigError` naming the dotted key, the value and what it must be."""
+    for key, test, must in _RULES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            continue  # the field's type allowed null, and null means "off" or "default"
+        try:
+            ok = test(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"config key {key!r} must be {must}, got {value!r}; fix it in the YAML file or --set")
+    d = cfg.data
+    if 0 <= d.ignore_index < d.num_classes:
+        raise ConfigError(f"config key 'data.ignore_index' is {d.ignore_index}, one of the {d.num_classes} classes "
+                          f"(0..{d.num_classes - 1}): that class would never be trained or scored; use a label "
+                          f"outside the classes (255 by default) or lower data.num_classes")
+    if len(d.mean) != len(d.std):
+        raise ConfigError(f"config keys 'data.mean' ({len(d.mean)} values) and 'data.std' ({len(d.std)} values) "
+                          f"must have one value per input channel each")
+    return cfg
+
+
 def from_dict(data: dict) -> ExperimentCfg:
-    """Build an :class:`ExperimentCfg`, checking every key and type."""
-    return _build(ExperimentCfg, data or {}, "")
+    """Build an :class:`ExperimentCfg`, checking every key, type and value."""
+    return validate(_build(ExperimentCfg, data or {}, ""))
 
 
 def to_dict(cfg: ExperimentCfg) -> dict:
@@ -195,6 +276,9 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Exper
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} holds a {type(data).__name__} ({str(data)[:60]!r}), not a "
+                          f"mapping; it must have the sections model:, data: and train:")
     return from_dict(apply_overrides(data, overrides))
 
 

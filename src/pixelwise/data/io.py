@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import uuid
+import warnings
 from pathlib import Path
 
 import cv2
@@ -24,6 +26,8 @@ from ..errors import DataError
 __all__ = [
     "read_image",
     "decode_image",
+    "check_pixels",
+    "max_image_pixels",
     "read_mask",
     "default_palette",
     "colorize",
@@ -31,6 +35,52 @@ __all__ = [
     "write_image",
     "write_mask",
 ]
+
+# Images and masks with more pixels than this are refused from their header, before decoding:
+# a 109 KB PNG can declare 30000x30000 (2.7 GB of RGB). 200 Mpx is a 14000x14000 tile; larger
+# images need tiling on disk (or a higher PIXELWISE_MAX_IMAGE_PIXELS where memory allows).
+DEFAULT_MAX_PIXELS = 200_000_000
+
+
+def max_image_pixels() -> int:
+    """The decode limit: ``PIXELWISE_MAX_IMAGE_PIXELS`` if set, else :data:`DEFAULT_MAX_PIXELS`."""
+    raw = os.environ.get("PIXELWISE_MAX_IMAGE_PIXELS")
+    if raw is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DataError(f"PIXELWISE_MAX_IMAGE_PIXELS must be a positive integer, got {raw!r}")
+    return value
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header without decoding pixels; None if PIL cannot tell."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size
+    except Image.DecompressionBombError as err:  # PIL's own, lower, limit: read the size from its message
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        return (int(found.group(1)), 1) if found else (2**31, 1)
+    except Exception:  # noqa: BLE001 - not a format PIL knows: OpenCV decides (its own limit applies)
+        return None
+
+
+def check_pixels(data: bytes, path: str | os.PathLike, what: str = "image", limit: int | None = None) -> None:
+    """Raise :class:`DataError` naming the file, its size and the limit if it declares too many pixels."""
+    limit = max_image_pixels() if limit is None else limit
+    size = declared_size(data)
+    if size is not None and size[0] * size[1] > limit:
+        w, h = size
+        shape = f"{w}x{h} ({w * h:,} pixels)" if h > 1 else f"{w:,} pixels"
+        raise DataError(f"{what} file {str(path)!r} is {shape}, more than the limit of {limit:,} pixels; it was "
+                        f"not decoded. Cut it into tiles, or raise PIXELWISE_MAX_IMAGE_PIXELS if memory allows "
+                        f"(decoding needs about 3-6 bytes per pixel)")
+
 
 # PIL modes whose pixel values are the class indices themselves.
 _INDEX_MODES = ("L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
@@ -108,6 +158,7 @@ def decode_image(data: bytes, path: str | os.PathLike = "<uploaded bytes>") -> n
     path = Path(path)
     if not data:
         raise DataError(f"image {str(path)!r} is empty (0 bytes)")
+    check_pixels(data, path, "image")
     _check_jpeg_complete(data, path)
     # imdecode on bytes rather than imread: imread returns None silently on failure and
     # cannot open non-ASCII paths on Windows.
@@ -153,6 +204,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     data = _read_bytes(path, "mask")
+    check_pixels(data, path, "mask")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()

@@ -9,9 +9,12 @@ integer convolutions do about twice the arithmetic per instruction, so ::
 turns an fp32 file written by :func:`pixelwise.export.onnx.export_onnx` into one whose convolutions
 (and matrix products) run in int8 with ONNX Runtime's QDQ format: weights symmetric per
 output channel (7-bit by default, see ``reduce_range``), activations asymmetric uint8 per
-tensor, activation ranges from the min/max seen on the calibration images (``onnxruntime.quantization.quantize_static``). The result is checked
-against the fp32 file on ``check`` images (default: the calibration images): the fraction of
-pixels whose predicted class is the same, and an error below ``min_agreement``.
+tensor, activation ranges from the min/max seen on the calibration images
+(``onnxruntime.quantization.quantize_static``). The result is checked against the fp32 file
+on ``check`` images (default: the calibration images): the fraction of pixels whose
+predicted class is the same, and an error below ``min_agreement``. Only a file that passed
+is put where the backends look; a rejected one is kept as ``NAME.rejected.onnx`` and an
+older int8 file at the destination is removed, since it was made from another fp32 file.
 
 Calibration images must look like what the model will see: ranges measured on random noise
 clip real activations. 16-64 images are usually enough. Images are fed one at a time at
@@ -24,6 +27,7 @@ their own size (dynamic files) with the longer side reduced to ``max_side``.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import warnings
@@ -169,6 +173,9 @@ def quantize_onnx(source: str | Path, path: str | Path, calibration: Iterable[np
 
     notes = []
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside its destination under a name no backend looks for, and moved there only
+    # once the agreement check passed: a rejected or half-written int8 file is never loaded.
+    final, path = path, path.with_name(f".{path.name}.{os.getpid()}.unverified")
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:  # symbolic shape inference + graph cleanup, as onnxruntime recommends before quantising
@@ -193,18 +200,25 @@ def quantize_onnx(source: str | Path, path: str | Path, calibration: Iterable[np
         equal = int((a == b).sum())
         same, total = same + equal, total + a.size
         worst = min(worst, equal / a.size)
-    report = QuantReport(path, source, len(inputs), len(checks),
+    del fp32, int8  # sessions hold the file open on some platforms
+    report = QuantReport(final, source, len(inputs), len(checks),
                          "calibration images" if check is None else "held-out images", same / total, worst,
                          source.stat().st_size, path.stat().st_size, per_channel, reduce_range,
                          time.perf_counter() - start, notes)
     if verbose:
         print(report.summary())
     if report.agreement < min_agreement:
+        rejected = final.with_name(final.name.removesuffix(".onnx") + ".rejected.onnx")
+        os.replace(path, rejected)
+        stale = final.is_file()
+        final.unlink(missing_ok=True)  # an older int8 file belongs to an older fp32 file: not verified either
         hint = "reduce_range=True (drop --full-range), " if not reduce_range else ""
         raise PixelwiseError(
-            f"int8 file {path} agrees with the fp32 file on only {100 * report.agreement:.3f}% of pixels "
-            f"(min_agreement {100 * min_agreement:.3f}%); try {hint}more or more typical calibration images, "
-            f"or stay with the fp32 file")
+            f"int8 file {final} agrees with the fp32 file on only {100 * report.agreement:.3f}% of pixels "
+            f"(min_agreement {100 * min_agreement:.3f}%), so it was not installed (kept for inspection as "
+            f"{rejected.name}{'; the older int8 file there was removed' if stale else ''}); try {hint}more or "
+            f"more typical calibration images, or stay with the fp32 file")
+    os.replace(path, final)
     return report
 
 
