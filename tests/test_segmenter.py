@@ -257,7 +257,7 @@ def test_interrupted_predict_keeps_the_rle_files_of_finished_images(model_dir, t
 
 
 def test_predict_skips_an_oversized_image_names_it_and_segments_the_rest(model_dir, tmp_path, monkeypatch):
-    from pixelwise.engine.infer import predict_paths
+    from pixelwise.infer.predict import predict_paths
 
     images = tmp_path / "images"
     images.mkdir()
