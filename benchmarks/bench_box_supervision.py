@@ -28,7 +28,7 @@ import torch
 
 from common import add_device_args, cpu_model, now, resolve_device, save
 from pixelwise import create_model
-from pixelwise.weak import (
+from pixelwise.recipes.weak import (
     boxes_from_mask,
     fit,
     predict,

@@ -37,10 +37,21 @@ import cv2
 import numpy as np
 import torch
 
-from common import (add_device_args, amp_dtype, autocast, describe, dtype_name, interleave, machine,
-                    native_low_precision, now, resolve_device, save, timed)
-from pixelwise.data.transforms import (AffineElasticCrop, GridElastic, PhotometricJitter, SegTransform,
-                                       build_transform)
+from common import (
+    add_device_args,
+    amp_dtype,
+    autocast,
+    describe,
+    dtype_name,
+    interleave,
+    machine,
+    native_low_precision,
+    now,
+    resolve_device,
+    save,
+    timed,
+)
+from pixelwise.data.transforms import AffineElasticCrop, GridElastic, PhotometricJitter, SegTransform, build_transform
 
 MEAN, STD, IGNORE, CROP = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 255, 256
 

@@ -6,7 +6,7 @@ its argmax agreement says little about quantisation. Here the network is trained
 1. ``create_model("unet", encoder="resnet34")`` (random init, 5 classes) trained for
    ``--steps`` AdamW steps (lr 3e-3, batch 16) on 64x64 SyntheticShapes images (the demo's
    data and settings);
-2. exported to ONNX (dynamic axes) and quantised by :func:`pixelwise.quantize.quantize_onnx`
+2. exported to ONNX (dynamic axes) and quantised by :func:`pixelwise.export.quantize.quantize_onnx`
    (default settings: QDQ, per-channel 7-bit weights, uint8 activations) with
    ``--calibration`` training images;
 3. accuracy on ``--val`` held-out images (a different generator stream): validation mIoU of
@@ -86,8 +86,9 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    from pixelwise.export import OnnxRuntimeModel, export_onnx
-    from pixelwise.quantize import quantize_onnx
+    from pixelwise.export.backends import OnnxRuntimeModel
+    from pixelwise.export.onnx import export_onnx
+    from pixelwise.export.quantize import quantize_onnx
 
     model, train_seconds = train(args.steps)
     print(f"trained {args.steps} steps in {train_seconds:.0f} s", flush=True)

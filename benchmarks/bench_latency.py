@@ -16,7 +16,7 @@ each per round, after warm-up rounds) so that machine noise hits all alike:
   free), run by ``OnnxRuntimeModel`` with as many intra-op threads as torch; on CUDA only
   if onnxruntime has its CUDA provider. ``--no-ort a,b`` skips it for some models;
 - ``pixelwise ONNX Runtime int8`` (CPU only): that file statically quantised by
-  ``pixelwise.quantize.quantize_onnx`` (QDQ, per-channel int8 weights, uint8 activations),
+  ``pixelwise.export.quantize.quantize_onnx`` (QDQ, per-channel int8 weights, uint8 activations),
   calibrated on 4 uniform-noise RGB images of the input size (the weights are random too, so
   there is nothing more typical to calibrate on; docs/export.md has the agreement of a trained
   model). ``--no-int8`` leaves it out. No int8 peak is measured: its "of peak" column is empty;
@@ -43,8 +43,22 @@ from pathlib import Path
 
 import torch
 
-from common import (add_device_args, amp_dtype, autocast, count_flops, describe, dtype_name, interleave, machine,
-                    median, native_low_precision, now, resolve_device, save, timed)
+from common import (
+    add_device_args,
+    amp_dtype,
+    autocast,
+    count_flops,
+    describe,
+    dtype_name,
+    interleave,
+    machine,
+    median,
+    native_low_precision,
+    now,
+    resolve_device,
+    save,
+    timed,
+)
 from peak import describe_peak, fraction, peaks
 from zoo import ZOO, build_peer, build_pixelwise, parse_models, peer_version, zero_class_bias
 
@@ -62,7 +76,8 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def ort_runner(model: torch.nn.Module, side: int, folder: Path, threads: int, device: torch.device):
     """Export ``model`` traced at ``side`` (batch free) and load it; ``(runner, export seconds)``."""
-    from pixelwise.export import OnnxRuntimeModel, export_onnx
+    from pixelwise.export.backends import OnnxRuntimeModel
+    from pixelwise.export.onnx import export_onnx
 
     tic = time.perf_counter()
     # The exported graph is checked below against eager fp32 on the benchmark's own input
@@ -78,8 +93,8 @@ def int8_runner(fp32_file: Path, side: int, threads: int):
     """Quantise ``fp32_file`` (see the module docstring); ``(runner, seconds)``."""
     import numpy as np
 
-    from pixelwise.export import OnnxRuntimeModel
-    from pixelwise.quantize import quantize_onnx
+    from pixelwise.export.backends import OnnxRuntimeModel
+    from pixelwise.export.quantize import quantize_onnx
 
     tic = time.perf_counter()
     rng = np.random.default_rng(0)

@@ -34,9 +34,23 @@ from pathlib import Path
 import torch
 
 from bench_latency import ort_available
-from common import (add_device_args, amp_dtype, autocast, describe, dtype_name, interleave, machine, median,
-                    native_low_precision, now, resolve_device, save, timed)
-from pixelwise.export import OnnxRuntimeModel, export_onnx
+from common import (
+    add_device_args,
+    amp_dtype,
+    autocast,
+    describe,
+    dtype_name,
+    interleave,
+    machine,
+    median,
+    native_low_precision,
+    now,
+    resolve_device,
+    save,
+    timed,
+)
+from pixelwise.export.backends import OnnxRuntimeModel
+from pixelwise.export.onnx import export_onnx
 from zoo import build_peer, build_pixelwise, zero_class_bias
 
 NUM_CLASSES, SIZE = 21, 512

@@ -33,8 +33,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (RESULTS, add_device_args, amp_dtype, dtype_name, machine, native_low_precision, now,
-                    peak_rss_mib, resolve_device, synchronize)
+from common import (
+    RESULTS,
+    add_device_args,
+    amp_dtype,
+    dtype_name,
+    machine,
+    native_low_precision,
+    now,
+    peak_rss_mib,
+    resolve_device,
+    synchronize,
+)
 
 MODEL = {"name": "unet", "encoder": "resnet34", "num_classes": 2}
 
@@ -172,7 +182,7 @@ def main() -> None:
     import torch
     import torchvision
 
-    from pixelwise.engine.checkpoint import save_model
+    from pixelwise.hub import save_model
 
     tmp = tempfile.TemporaryDirectory()
     model_dir = str(Path(tmp.name) / "unet_resnet34")

@@ -40,8 +40,22 @@ from pathlib import Path
 
 import torch
 
-from common import (add_device_args, amp_dtype, autocast, count_flops, describe, dtype_name, machine, median,
-                    native_low_precision, now, peak_rss_mib, resolve_device, save, synchronize)
+from common import (
+    add_device_args,
+    amp_dtype,
+    autocast,
+    count_flops,
+    describe,
+    dtype_name,
+    machine,
+    median,
+    native_low_precision,
+    now,
+    peak_rss_mib,
+    resolve_device,
+    save,
+    synchronize,
+)
 from zoo import ZOO, build_peer, build_pixelwise, parse_models, peer_version
 
 BATCH, SIZE, CLASSES = 4, 256, 21
@@ -128,9 +142,9 @@ def accuracy(library: str, steps: int) -> float:
     """Validation mIoU after ``steps`` AdamW steps on the synthetic set (64 px, batch 8, 5 classes),
     with the same data order, augmentation and seed for both libraries."""
     from pixelwise import config
-    from pixelwise.engine.distributed import DistEnv
-    from pixelwise.engine.evaluate import evaluate
-    from pixelwise.engine.loaders import make_loaders
+    from pixelwise.tasks.semantic import evaluate
+    from pixelwise.train.distributed import DistEnv
+    from pixelwise.train.loaders import make_loaders
 
     cfg = config.from_dict({"data": {"num_classes": 5, "crop_size": 64, "batch_size": 8, "train_samples": 256,
                                      "val_samples": 64, "augment": "standard"}})

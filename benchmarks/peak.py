@@ -30,8 +30,18 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from common import (add_device_args, describe, dtype_name, machine, median, native_low_precision, now,
-                    resolve_device, save, timed)
+from common import (
+    add_device_args,
+    describe,
+    dtype_name,
+    machine,
+    median,
+    native_low_precision,
+    now,
+    resolve_device,
+    save,
+    timed,
+)
 
 
 def _rate(device: torch.device, flops: float, fn, repeats: int) -> float:

@@ -25,11 +25,10 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from zoo_configs import TINY, TINY_INSTANCE, TINY_VOLUMETRIC  # noqa: E402
-
 from pixelwise import create_model  # noqa: E402
 from pixelwise.bf16_guard import guard_convs, guard_rule  # noqa: E402
 from pixelwise.models import SegmentationOutput  # noqa: E402
+from zoo_configs import TINY, TINY_INSTANCE, TINY_VOLUMETRIC  # noqa: E402
 
 # oneDNN's bf16 gradient may differ from fp32 by at most this many times what an independent bf16
 # computation (ATen without oneDNN) differs; relative errors below NOISE_FLOOR always pass.

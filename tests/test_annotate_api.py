@@ -21,8 +21,8 @@ from pixelwise.annotate.jobs import ModelSlot
 from pixelwise.annotate.model_proposals import ModelProposer
 from pixelwise.data import read_mask
 from pixelwise.errors import ConfigError
+from pixelwise.infer.segmenter import Segmenter
 from pixelwise.postprocess.cleanup import clean_mask
-from pixelwise.segmenter import Segmenter
 
 RAW = {"content-type": "application/octet-stream"}
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pixelwise.audio import (
+from pixelwise.cli import main
+from pixelwise.errors import ConfigError
+from pixelwise.recipes.audio import (
     SpectrogramUNet,
     evaluate_separation,
     istft,
@@ -22,9 +24,7 @@ from pixelwise.audio import (
     stft,
     train_separator,
 )
-from pixelwise.audio_data import SyntheticMixtures, read_wav, write_wav
-from pixelwise.cli import main
-from pixelwise.errors import ConfigError
+from pixelwise.recipes.audio_data import SyntheticMixtures, read_wav, write_wav
 
 N_FFT, HOP, LENGTH = 256, 64, 127 * 64  # 128 frames of 129 bins
 
@@ -161,7 +161,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_load_refuses_an_image_model(tmp_path):
     from pixelwise import create_model
-    from pixelwise.engine.checkpoint import save_model
+    from pixelwise.hub import save_model
 
     save_model(create_model("unet", num_classes=2, base_channels=4, depth=2), tmp_path / "img")
     with pytest.raises(ConfigError, match="not an audio separator"):

@@ -161,7 +161,7 @@ def test_no_amx_means_no_probe_and_the_setting_overrides(monkeypatch):
 
 def test_training_applies_the_guard_under_cpu_bf16(tmp_path, monkeypatch, real_bf16):
     from pixelwise import config
-    from pixelwise.engine.train import train
+    from pixelwise.train.loop import train
 
     monkeypatch.setenv("PIXELWISE_BF16_GUARD", "on")
     cfg = config.from_dict({"model": {"name": "unet", "args": {"base_channels": 4, "depth": 2}},

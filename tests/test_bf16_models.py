@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from zoo_configs import TINY, TINY_INSTANCE, TINY_VOLUMETRIC
 
 from pixelwise import list_models
 from pixelwise.registry import INSTANCE_MODELS
+from zoo_configs import TINY, TINY_INSTANCE, TINY_VOLUMETRIC
 
 WORKER = Path(__file__).with_name("bf16_worker.py")
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -1,59 +1,14 @@
-"""Saved models and checkpoints: atomic writes, no pickle, recovery from interrupted swaps."""
-
-import json
-import os
+"""Training checkpoints (pixelwise.train.checkpoint): optimiser, scheduler and RNG state, no pickle."""
 
 import pytest
 import torch
 
-from pixelwise import create_model, load, save
-from pixelwise.engine import checkpoint as ckpt
-from pixelwise.errors import ConfigError
+from pixelwise import create_model
+from pixelwise.train import checkpoint as ckpt
 
 
 def _model():
     return create_model("unet", num_classes=3, base_channels=4, depth=2, norm="batch")
-
-
-def test_save_load_round_trip(tmp_path):
-    model = _model().eval()
-    save(model, tmp_path / "m", {"data": {"num_classes": 3}})
-    assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors"]
-    config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["model"] == {"name": "unet", "num_classes": 3, "base_channels": 4, "depth": 2, "norm": "batch"}
-    again, meta = load(tmp_path / "m")
-    x = torch.randn(1, 3, 20, 20)
-    with torch.no_grad():
-        assert torch.equal(again(x), model(x))
-    assert meta["data"]["num_classes"] == 3
-    assert not again.training
-
-
-def test_atomic_dir_keeps_old_copy_when_writer_fails(tmp_path):
-    target = tmp_path / "last"
-    save(_model(), target)
-    before = (target / "model.safetensors").read_bytes()
-    with pytest.raises(RuntimeError):
-        with ckpt.atomic_dir(target) as tmp:
-            (tmp / "model.safetensors").write_bytes(b"half")
-            raise RuntimeError("killed")
-    assert (target / "model.safetensors").read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["last"]  # no temporary folder left behind
-
-
-def test_resolve_recovers_from_a_swap_interrupted_between_renames(tmp_path):
-    target = tmp_path / "last"
-    save(_model(), target)
-    # Simulate a kill after "last" was renamed away but before the new copy took its place.
-    target.rename(tmp_path / ".last.old")
-    assert ckpt.resolve(target) == tmp_path / ".last.old"
-    model, _ = load(target)
-    assert isinstance(model, torch.nn.Module)
-
-
-def test_not_a_model_folder(tmp_path):
-    with pytest.raises(ConfigError, match="not a saved pixelwise model"):
-        load(tmp_path)
 
 
 def test_checkpoint_restores_optimizer_scheduler_and_rng(tmp_path):

@@ -227,7 +227,7 @@ def test_image_size_mismatch(coco_root):
 
 def test_coco_instances_builder_feeds_the_instance_engine(coco_root):
     from pixelwise.config import ExperimentCfg, ModelCfg
-    from pixelwise.engine.instance import build_instance_dataset
+    from pixelwise.tasks.instance import build_instance_dataset
 
     cfg = ExperimentCfg(model=ModelCfg(name="maskrcnn"),
                         data=DataCfg(dataset="coco_instances", root=str(coco_root), num_classes=3, augment="none",

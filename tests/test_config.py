@@ -90,7 +90,7 @@ def test_shipped_configs_load(name):
 
 
 def test_demo_yaml_equals_what_pixelwise_demo_runs():
-    from pixelwise.engine.demo import demo_config
+    from pixelwise.demo import demo_config
 
     assert config.load(ROOT / "configs" / "demo.yaml") == demo_config()
     assert yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["train"]["out_dir"] == "runs/demo"

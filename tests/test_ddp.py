@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from pixelwise import config
-from pixelwise.engine import train as train_mod
-from pixelwise.engine.distributed import read_launch_env, setup
 from pixelwise.errors import ConfigError
+from pixelwise.train import loop as train_mod
+from pixelwise.train.distributed import read_launch_env, setup
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pixelwise.cli import main
-from pixelwise.engine.demo import run_demo
+from pixelwise.demo import run_demo
 
 
 def test_demo_writes_report_curves_and_predictions(tmp_path):

@@ -15,15 +15,11 @@ from torch import nn
 
 from pixelwise import create_model
 from pixelwise.cli import main
-from pixelwise.engine.checkpoint import save_model
-from pixelwise.engine.infer import normalize
 from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.export import (
-    OnnxRuntimeModel,
-    export_onnx,
-    export_torchscript,
-    stride_of,
-)
+from pixelwise.export.backends import OnnxRuntimeModel
+from pixelwise.export.onnx import export_onnx, export_torchscript, stride_of
+from pixelwise.hub import save_model
+from pixelwise.infer.runtime import normalize
 
 REPRESENTATIVE = {  # tiny members of three decoder families: skip-concat, ASPP + low-level fusion, score fusion
     "unet": {"base_channels": 4, "depth": 3},
@@ -108,7 +104,7 @@ def test_onnx_file_names_its_axes(unet_export):
 
 
 def pixelwise_labels(model, images):
-    """pixelwise's own preprocessing (engine.infer.normalize) + argmax, image by image."""
+    """pixelwise's own preprocessing (infer.runtime.normalize) + argmax, image by image."""
     with torch.no_grad():
         return torch.stack([model(normalize(im, MEAN, STD)[None])[0].argmax(0) for im in images]).numpy()
 

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from scipy.signal.windows import gaussian as scipy_gaussian
 
 from pixelwise import create_model
-from pixelwise.engine.infer import model_function, predict_image
-from pixelwise.engine.sliding import importance_1d, sliding_window, tile_starts
-from pixelwise.engine.tta import parse_tta, predict_probs, tta_variants
 from pixelwise.errors import ConfigError
+from pixelwise.infer.runtime import model_function, predict_image
+from pixelwise.infer.sliding import importance_1d, sliding_window, tile_starts
+from pixelwise.infer.tta import parse_tta, predict_probs, tta_variants
 
 
 def _pointwise(in_ch: int, out_ch: int, dims: int = 2) -> torch.nn.Module:

@@ -14,14 +14,11 @@ from pixelwise import config
 from pixelwise.cli import main
 from pixelwise.data import read_mask, write_image
 from pixelwise.data.instances import SyntheticInstances, instance_collate
-from pixelwise.engine import instance as instance_engine
-from pixelwise.engine.instance import load_instance_model
-from pixelwise.engine.instance_eval import (
-    STATS,
-    evaluate_instances,
-    instances_to_semantic,
-)
 from pixelwise.errors import TrainingError
+from pixelwise.metrics.coco import STATS
+from pixelwise.postprocess.instances import instances_to_semantic
+from pixelwise.tasks.instance import evaluate_instances, load_instance_model
+from pixelwise.train import instance as instance_engine
 
 MODEL_ARGS = {"min_size": 64, "max_size": 64, "fpn_channels": 16, "anchor_scale": 4.0, "representation_size": 32,
               "mask_channels": 16, "mask_layers": 2, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,

@@ -9,7 +9,7 @@ import torch
 
 from pixelwise import create_model
 from pixelwise.errors import ConfigError
-from pixelwise.landmarks import (
+from pixelwise.recipes.landmarks import (
     SyntheticLandmarks,
     decode_heatmaps,
     evaluate_landmarks,

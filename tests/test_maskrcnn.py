@@ -14,19 +14,14 @@ from pixelwise.data.instances import (
     stardist_sample,
     voc_sample,
 )
-from pixelwise.engine.checkpoint import save_model
-from pixelwise.engine.instance import load_instance_model
-from pixelwise.engine.instance_eval import (
-    coco_evaluate,
-    coco_ground_truth,
-    coco_results,
-    instances_to_semantic,
-)
-from pixelwise.engine.instance_predict import draw_instances, instance_colours
 from pixelwise.errors import ConfigError
-from pixelwise.metrics.coco import CocoMaskAP
+from pixelwise.hub import save_model
+from pixelwise.infer.instance import draw_instances, instance_colours
+from pixelwise.metrics.coco import CocoMaskAP, coco_evaluate, coco_ground_truth, coco_results
 from pixelwise.models.maskrcnn import Instances, create_instance_model
+from pixelwise.postprocess.instances import instances_to_semantic
 from pixelwise.registry import MODELS
+from pixelwise.tasks.instance import load_instance_model
 
 TINY = {"encoder": "test_resnet", "num_classes": 5, "min_size": 64, "max_size": 64, "fpn_channels": 16,
         "anchor_scale": 4.0,
@@ -306,7 +301,7 @@ def test_overlay_draws_each_instance_in_its_own_colour():
 
 def test_onnx_export_matches_pytorch(tmp_path):
     pytest.importorskip("onnxruntime")
-    from pixelwise.engine.instance_export import export_instance_onnx
+    from pixelwise.export.instance import export_instance_onnx
 
     model = create_instance_model("maskrcnn", **{**TINY, "box_score_thresh": 0.0}).eval()
     result = export_instance_onnx(model, tmp_path / "maskrcnn.onnx", height=64, width=64, opset=17)

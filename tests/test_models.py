@@ -9,7 +9,6 @@ from pixelwise.errors import ConfigError
 from pixelwise.models import SegmentationOutput
 from pixelwise.models.fcn import bilinear_kernel, upsampler
 from pixelwise.models.unet import UNetEncoder
-
 from zoo_configs import TINY, TINY_VOLUMETRIC
 
 VOLUMETRIC = set(TINY_VOLUMETRIC)  # tested on (N, C, D, H, W) inputs in test_zoo_unet.py

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_models import TINY
 
 from pixelwise import create_model
 from pixelwise.models.enet import max_pool_with_indices
+from test_models import TINY
 
 ort = pytest.importorskip("onnxruntime")  # installed by `make test` (dev extra); never skipped there
 

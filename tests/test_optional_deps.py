@@ -55,7 +55,7 @@ def test_base_install_imports_builds_trains_and_runs_the_cli_without_extras(tmp_
         torch.set_num_threads(1)
         import pixelwise
         from pixelwise import config
-        from pixelwise.engine.train import train
+        from pixelwise.train.loop import train
         model = pixelwise.create_model("unet", encoder=None, in_channels=3, num_classes=2, base_channels=4, depth=2)
         assert model(torch.randn(1, 3, 33, 35)).shape == (1, 2, 33, 35)
         cfg = config.from_dict({

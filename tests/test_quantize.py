@@ -1,9 +1,9 @@
-"""int8 ONNX (pixelwise.quantize, `pixelwise export --int8`, backend onnxruntime-int8).
+"""int8 ONNX (pixelwise.export.quantize, `pixelwise export --int8`, backend onnxruntime-int8).
 
 The model is a small U-Net trained for a few dozen steps on the synthetic shapes, so its
 argmax has real structure (a random network's near-constant logits make agreement trivial).
 Agreement and file contents are checked with onnxruntime and onnx directly, not through
-pixelwise.quantize's own report.
+pixelwise.export.quantize's own report.
 """
 
 import numpy as np
@@ -15,11 +15,11 @@ import torch
 from pixelwise import create_model
 from pixelwise.cli import main
 from pixelwise.data import SyntheticShapes, write_image
-from pixelwise.engine.checkpoint import save_model
 from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.export import export_onnx
-from pixelwise.quantize import quantize_onnx
-from pixelwise.segmenter import Segmenter
+from pixelwise.export.onnx import export_onnx
+from pixelwise.export.quantize import quantize_onnx
+from pixelwise.hub import save_model
+from pixelwise.infer.segmenter import Segmenter
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -9,6 +9,8 @@ import pickle
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from fixtures_readers import (
     CAMVID_COLOURS,
     write_ade20k,
@@ -20,8 +22,6 @@ from fixtures_readers import (
     write_voc,
     write_voc_aug,
 )
-from PIL import Image
-
 from pixelwise.config import from_dict
 from pixelwise.data import build_dataset, class_names
 from pixelwise.errors import ConfigError, DataError

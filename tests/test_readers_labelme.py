@@ -11,9 +11,9 @@ import pickle
 
 import numpy as np
 import pytest
-from fixtures_readers import labelme_json, write_labelme
 from PIL import Image
 
+from fixtures_readers import labelme_json, write_labelme
 from pixelwise.config import from_dict
 from pixelwise.data import build_dataset, class_names
 from pixelwise.data.labelme import rasterize

@@ -15,14 +15,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
+
 from fixtures_readers import (
     write_ade20k,
     write_cityscapes,
     write_kitti_road,
     write_voc_aug,
 )
-from PIL import Image
-
 from pixelwise import config
 from pixelwise.cli import main
 from pixelwise.data import build_dataset

@@ -13,8 +13,8 @@ import pixelwise
 from pixelwise import Segmenter, create_model
 from pixelwise.cli import main
 from pixelwise.data.io import default_palette, read_mask
-from pixelwise.engine.checkpoint import save_model
 from pixelwise.errors import DataError
+from pixelwise.hub import save_model
 
 MEAN, STD = [0.45, 0.5, 0.55], [0.2, 0.25, 0.3]
 NAMES = ["background", "road", "car"]
@@ -232,7 +232,7 @@ def test_onnxruntime_backend_exports_once_and_matches_torch(model_dir):
 
 
 def test_interrupted_predict_keeps_the_rle_files_of_finished_images(model_dir, tmp_path, monkeypatch):
-    from pixelwise.engine.infer import predict_paths
+    from pixelwise.infer.predict import predict_paths
 
     images = tmp_path / "images"
     images.mkdir()
@@ -257,7 +257,7 @@ def test_interrupted_predict_keeps_the_rle_files_of_finished_images(model_dir, t
 
 
 def test_predict_skips_an_oversized_image_names_it_and_segments_the_rest(model_dir, tmp_path, monkeypatch):
-    from pixelwise.engine.infer import predict_paths
+    from pixelwise.infer.predict import predict_paths
 
     images = tmp_path / "images"
     images.mkdir()

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pixelwise import create_model, save
-from pixelwise.segmenter import Segmenter
+from pixelwise.infer.segmenter import Segmenter
 from pixelwise.serve import RequestError, ServeLimits, create_app
 from pixelwise.serve.app import Gate
 

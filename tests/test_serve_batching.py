@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from pixelwise import create_model
 from pixelwise.errors import ConfigError
-from pixelwise.segmenter import Segmenter
+from pixelwise.infer.segmenter import Segmenter
 from pixelwise.serve import ServeLimits, create_app
 from pixelwise.serve.batching import Batcher
 from serve_live import NAMES, image, png, running

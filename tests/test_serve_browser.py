@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-from test_serve_instance import NAMES as SHAPES
-from test_serve_instance import TINY as TINY_MASKRCNN
 
 from pixelwise import create_model, save
 from pixelwise.data import write_image
 from pixelwise.data.instances import SyntheticInstances
-from pixelwise.engine.checkpoint import save_model
+from pixelwise.hub import save_model
+from pixelwise.infer.segmenter import Segmenter
 from pixelwise.models.maskrcnn import create_instance_model
-from pixelwise.segmenter import Segmenter
 from pixelwise.serve import create_app, load_segmenter
+from test_serve_instance import NAMES as SHAPES
+from test_serve_instance import TINY as TINY_MASKRCNN
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
 NAMES = ["background", "road", "car", "tree"]

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pixelwise import create_model
-from pixelwise.segmenter import Segmenter
+from pixelwise.infer.segmenter import Segmenter
 from pixelwise.serve import ServeLimits, create_app
 from pixelwise.serve.budget import DECODE_BYTES_PER_PIXEL, MemoryBudget, PeakTensorBytes, fit_growth
 from serve_live import NAMES

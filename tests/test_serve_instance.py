@@ -17,13 +17,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pixelwise.data.instances import SyntheticInstances
-from pixelwise.engine.checkpoint import save_model
-from pixelwise.engine.instance import load_instance_model
-from pixelwise.engine.instance_eval import instances_to_semantic
 from pixelwise.errors import ConfigError
+from pixelwise.hub import save_model
 from pixelwise.models.maskrcnn import create_instance_model
+from pixelwise.postprocess.instances import instances_to_semantic
 from pixelwise.serve import ServeLimits, create_app, load_segmenter
 from pixelwise.serve.instance import InstanceSegmenter
+from pixelwise.tasks.instance import load_instance_model
 
 NAMES = ["background", "circle", "rectangle", "triangle", "star"]
 # A tiny randomly initialised detector that keeps every detection (box_score_thresh 0): its

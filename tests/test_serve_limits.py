@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pixelwise import create_model
-from pixelwise.segmenter import Segmenter
+from pixelwise.infer.segmenter import Segmenter
 from pixelwise.serve import ServeLimits, create_app
 from serve_live import NAMES, closed_by_peer, image, png, read_response, request_bytes, running
 

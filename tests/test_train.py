@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from pixelwise import config
 from pixelwise.cli import main
-from pixelwise.engine import train as train_mod
 from pixelwise.errors import TrainingError
+from pixelwise.train import loop as train_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,20 +19,17 @@ from safetensors.torch import load_file
 
 from pixelwise import config
 from pixelwise.data import build_dataset
-from pixelwise.engine import train as train_mod
-from pixelwise.runtime import seed_everything
-from pixelwise.engine.checkpoint import resolve
-from pixelwise.engine.ema import ModelEMA
-from pixelwise.engine.interrupt import TrainingInterrupted
-from pixelwise.engine.optim import param_groups
-from pixelwise.engine.sampling import (
-    WeightedDistributedSampler,
-    balanced_weights,
-    class_presence,
-)
-from pixelwise.engine.schedule import lr_factor
 from pixelwise.errors import ConfigError
+from pixelwise.hub import resolve
 from pixelwise.models import SegmentationOutput, create_model
+from pixelwise.runtime import seed_everything
+from pixelwise.tasks.semantic import override_aux
+from pixelwise.train import loop as train_mod
+from pixelwise.train.ema import ModelEMA
+from pixelwise.train.interrupt import TrainingInterrupted
+from pixelwise.train.optim import param_groups
+from pixelwise.train.sampling import WeightedDistributedSampler, balanced_weights, class_presence
+from pixelwise.train.schedule import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,11 +219,11 @@ def test_aux_weight_overrides_the_models_weights():
     torch.manual_seed(0)
     logits, aux = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
     target = torch.randint(0, 3, (2, 8, 8))
-    out = train_mod._override_aux(SegmentationOutput(logits, [aux], [0.4]), 0.25)
+    out = override_aux(SegmentationOutput(logits, [aux], [0.4]), 0.25)
     loss = train_mod.compute_loss(torch.nn.CrossEntropyLoss(), out, target)
     want = F.cross_entropy(logits, target) + 0.25 * F.cross_entropy(aux, target)
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
-    assert train_mod._override_aux(SegmentationOutput(logits, [aux], [0.4]), None).aux_weights == [0.4]
+    assert override_aux(SegmentationOutput(logits, [aux], [0.4]), None).aux_weights == [0.4]
 
 
 # --- reproducibility, early stop --------------------------------------------------------------
@@ -303,7 +300,7 @@ def test_stop_signal_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(tmp
 
 
 def test_adversarial_mode_updates_both_networks(tmp_path, monkeypatch):
-    from pixelwise.engine.adversarial_train import AdversarialTrainer
+    from pixelwise.train.adversarial import AdversarialTrainer
 
     snapshots = []
     real_step = AdversarialTrainer.discriminator_step
@@ -331,7 +328,8 @@ def test_adversarial_mode_updates_both_networks(tmp_path, monkeypatch):
 SLOW_SAVE = """
 import sys, time, pathlib, torch
 from pixelwise import config
-from pixelwise.engine import state, train
+from pixelwise.train import checkpoint as state
+from pixelwise.train import loop as train
 real, calls = torch.save, {"n": 0}
 def slow(obj, f, *a, **k):
     calls["n"] += 1

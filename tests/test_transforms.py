@@ -174,7 +174,7 @@ def test_photometric_jitter_matches_torchvision_definitions():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_tta_stays_within_what_the_preset_trained_on(preset):
-    from pixelwise.engine.tta import parse_tta
+    from pixelwise.infer.tta import parse_tta
 
     spec = parse_tta(tta_for_preset(preset))
     warp = [s for s in build_transform(preset, train=True, crop_size=16, mean=[0] * 3, std=[1] * 3).compose

@@ -8,7 +8,7 @@ import torch
 
 from pixelwise import create_model
 from pixelwise.errors import DataError, PixelwiseError
-from pixelwise.weak import (
+from pixelwise.recipes.weak import (
     box_object_masks,
     boxes_from_mask,
     pseudo_label_scores,

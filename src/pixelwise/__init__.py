@@ -9,12 +9,13 @@ Public API::
 
 from __future__ import annotations
 
+from . import export as _export  # noqa: F401  (registers the Segmenter's ONNX Runtime backends)
 from . import losses
 from .compat import FPN, DeepLabV3, DeepLabV3Plus, PSPNet, Unet, UnetPlusPlus
-from .engine.checkpoint import load_model as load
-from .engine.checkpoint import save_model as save
+from .hub import load_model as load
+from .hub import save_model as save
+from .infer.segmenter import Segmenter, SegmentResult
 from .models import create_model, list_models
-from .segmenter import Segmenter, SegmentResult
 
 __version__ = "0.1.0"
 

@@ -11,20 +11,60 @@ from .errors import PixelwiseError
 
 
 def _is_instance(model_name: str) -> bool:
-    from .engine.instance import is_instance_model
+    from .tasks.instance import is_instance_model
 
     return is_instance_model(model_name)
 
 
+def _instance_train(cfg, *, resume: bool, quiet: bool) -> int:
+    """``pixelwise train`` for an instance model: train, then print the best mask AP."""
+    from .train.instance import train_instances
+
+    state = train_instances(cfg, resume=resume, progress=not quiet)
+    out = Path(cfg.train.out_dir)
+    print(f"done: {state['step']} steps, best validation mask AP {state['best_mask_ap']:.4f}; "
+          f"checkpoints in {out / 'best'} and {out / 'last'}")
+    return 0
+
+
+def _instance_eval(cfg, *, checkpoint: str | None, split: str | None, quiet: bool) -> int:
+    """``pixelwise eval`` for an instance model: COCO box and mask AP on ``split``."""
+    from torch.utils.data import DataLoader
+
+    from .data.instances import instance_collate
+    from .runtime import resolve_device
+    from .tasks.instance import build_instance_dataset, evaluate_instances, format_scores, load_instance_model
+
+    device = resolve_device(cfg.train.device)
+    model, config = load_instance_model(checkpoint or Path(cfg.train.out_dir) / "best", device=device)
+    dataset = build_instance_dataset(cfg, split or cfg.data.val_split, train=False)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                        collate_fn=instance_collate)
+    names = config.get("data", {}).get("class_names") or [f"class_{i}" for i in range(cfg.data.num_classes)]
+    scores = evaluate_instances(model, loader, class_names=names, device=device, amp=cfg.train.amp,
+                                progress=not quiet)
+    print(format_scores(scores))
+    return 0
+
+
+def _instance_predict(checkpoint: str, inputs: list[str], out: str, *, device: str, amp: str, quiet: bool) -> int:
+    """``pixelwise predict`` for an instance model: overlays, semantic PNGs and COCO-RLE JSON."""
+    from .infer.instance import predict_instance_paths
+
+    result = predict_instance_paths(checkpoint, inputs, out, device=device, amp=amp, progress=not quiet)
+    print(f"wrote {len(result['written'])} prediction(s) with {result['detections']} detection(s) to {out} "
+          f"(COCO results: {result['predictions']})"
+          + (f"; skipped {len(result['failed'])} unreadable file(s)" if result["failed"] else ""))
+    return 1 if result["failed"] and not result["written"] else 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import config
-    from .engine.train import train
+    from .train.loop import train
 
     cfg = config.load(args.config, args.set)
     if _is_instance(cfg.model.name):  # Mask R-CNN: its own loop, losses and COCO metrics
-        from .engine.instance_cli import train_command
-
-        return train_command(cfg, resume=args.resume, quiet=args.quiet)
+        return _instance_train(cfg, resume=args.resume, quiet=args.quiet)
     state = train(cfg, resume=args.resume, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line per job, from rank 0
         return 0
@@ -40,15 +80,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from . import config
     from .data import build_dataset, class_names, pad_collate
-    from .engine.checkpoint import load_model
-    from .engine.evaluate import evaluate
+    from .hub import load_model
     from .runtime import resolve_device
+    from .tasks.semantic import evaluate
 
     cfg = config.load(args.config, args.set)
     if _is_instance(cfg.model.name):
-        from .engine.instance_cli import eval_command
-
-        return eval_command(cfg, checkpoint=args.checkpoint, split=args.split, quiet=args.quiet)
+        return _instance_eval(cfg, checkpoint=args.checkpoint, split=args.split, quiet=args.quiet)
     device = resolve_device(cfg.train.device)
     model, _ = load_model(args.checkpoint or Path(cfg.train.out_dir) / "best", device=device)
     ds = build_dataset(cfg.data, args.split or cfg.data.val_split, train=False)
@@ -61,12 +99,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.infer import predict_paths
-    from .engine.instance_cli import is_instance_checkpoint, predict_command
     from .errors import ConfigError
+    from .hub import is_instance_folder
+    from .infer.predict import predict_paths
 
-    if is_instance_checkpoint(args.checkpoint):  # overlays + COCO-RLE JSON; tiling/TTA options do not apply
-        return predict_command(args.checkpoint, args.inputs, args.out, device=args.device, amp=args.amp,
+    if is_instance_folder(args.checkpoint):  # overlays + COCO-RLE JSON; tiling/TTA options do not apply
+        return _instance_predict(args.checkpoint, args.inputs, args.out, device=args.device, amp=args.amp,
                                quiet=args.quiet)
     tta: str | dict = args.tta
     if args.scales is not None:
@@ -133,7 +171,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .engine.demo import run_demo
+    from .demo import run_demo
 
     result = run_demo(args.out, progress=not args.quiet)
     print(result["table"])
@@ -160,8 +198,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .engine.checkpoint import load_model
-    from .export import export_onnx, export_torchscript
+    from .export.onnx import export_onnx, export_torchscript
+    from .hub import load_model
 
     model, config = load_model(args.checkpoint)
     data = config.get("data", {})
@@ -177,9 +215,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         export_onnx(model, out, opset=args.opset, **common)
         if args.int8:
             from .data import read_image
-            from .engine.infer import expand_inputs
-            from .export import IMAGENET_MEAN, IMAGENET_STD
-            from .quantize import quantize_onnx
+            from .export.onnx import IMAGENET_MEAN, IMAGENET_STD
+            from .export.quantize import quantize_onnx
+            from .infer.predict import expand_inputs
 
             paths = expand_inputs(args.calibrate)[:args.calibrate_limit]
             quantize_onnx(out, out.with_suffix(".int8.onnx"), [read_image(p) for p in paths],
@@ -193,7 +231,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_separate(args: argparse.Namespace) -> int:
-    from .audio import separate
+    from .recipes.audio import separate
 
     source, residual = separate(args.checkpoint, args.input, args.out, device=args.device)
     print(f"wrote {source} and {residual}")

@@ -12,6 +12,8 @@ LOSSES: dict[str, Callable] = {}
 DATASETS: dict[str, Callable] = {}
 # Instance segmentation models (Mask R-CNN): their inputs and outputs differ from MODELS'.
 INSTANCE_MODELS: dict[str, Callable] = {}
+# Inference backends other than PyTorch: name -> (model, model folder) -> ModelFn (pixelwise.export).
+BACKENDS: dict[str, Callable] = {}
 
 
 def register(table: dict[str, Callable], name: str) -> Callable[[T], T]:

@@ -33,7 +33,7 @@ def open_project(data_dir: str | Path, *, model: str | Path | None = None, class
     (``.pixelwise-annotate/model.json``), else none. Classes: ``classes``, else those saved
     with the folder, else the model's, else ``background,foreground``.
     """
-    from ..segmenter import Segmenter
+    from ..infer.segmenter import Segmenter
     from .jobs import ModelSlot
     from .model_proposals import ModelProposer
     from .retrain import MODEL_FILE

@@ -2,7 +2,7 @@
 
 - A box alone: GrabCut initialised with the rectangle (Rother, Kolmogorov & Blake,
   "GrabCut: interactive foreground extraction using iterated graph cuts", SIGGRAPH 2004),
-  as :func:`pixelwise.weak.boxes.box_object_masks` computes it for box supervision (which
+  as :func:`pixelwise.recipes.weak.boxes.box_object_masks` computes it for box supervision (which
   falls back to the whole box when GrabCut keeps almost nothing).
 - A box with clicks or scribbles: GrabCut initialised from a mask, the paper's
   interactive step: outside the box is background, inside is "probably object", and the
@@ -20,7 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..weak.boxes import box_object_masks
+from ..recipes.weak.boxes import box_object_masks
 from .prompts import Prompt
 
 __all__ = ["grabcut", "watershed", "classical_proposal"]

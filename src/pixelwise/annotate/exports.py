@@ -33,6 +33,7 @@ import yaml
 from PIL import Image
 from scipy import ndimage
 
+from ..data.rle import coco_rle
 from .store import AnnotationStore
 
 __all__ = ["FORMATS", "export_labelme", "export_coco", "export_folder", "objects_of", "folder_config"]
@@ -116,9 +117,6 @@ def export_labelme(store: AnnotationStore, out: str | Path, *, names: Iterable[s
 
 def export_coco(store: AnnotationStore, out: str | Path, *, names: Iterable[str] | None = None) -> dict:
     """A COCO instances file with RLE masks of the labelled images, plus the images, in ``out``."""
-    from ..optional import require
-
-    mask_utils = require("pycocotools.mask", "the COCO export")
 
     names = list(store.labelled() if names is None else names)
     images, annotations = [], []
@@ -129,11 +127,10 @@ def export_coco(store: AnnotationStore, out: str | Path, *, names: Iterable[str]
             _link_or_copy(entry.path, tmp / "images" / entry.path.name)
             images.append({"id": image_id, "file_name": entry.path.name, "height": height, "width": width})
             for cls, (rows, cols), crop in objects_of(labels):
-                full = np.zeros((height, width), np.uint8, order="F")
-                full[rows, cols] = crop
-                rle = mask_utils.encode(full)
+                full = np.zeros((1, height, width), np.uint8)
+                full[0, rows, cols] = crop
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls,
-                                    "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+                                    "segmentation": coco_rle(full)[0],
                                     "area": int(crop.sum()), "iscrowd": 0,
                                     "bbox": [cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start]})
         categories = [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(store.classes) if i > 0]

@@ -22,7 +22,7 @@ from collections import OrderedDict
 import numpy as np
 from scipy import ndimage
 
-from ..segmenter import Segmenter
+from ..infer.segmenter import Segmenter
 from .prompts import Prompt
 
 __all__ = ["ModelProposer"]
@@ -31,7 +31,7 @@ _EIGHT = np.ones((3, 3), bool)
 
 
 class ModelProposer:
-    """Wraps a :class:`~pixelwise.segmenter.Segmenter` for the project's classes.
+    """Wraps a :class:`~pixelwise.infer.segmenter.Segmenter` for the project's classes.
 
     Args:
         segmenter: the loaded model.

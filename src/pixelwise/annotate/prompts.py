@@ -2,7 +2,7 @@
 
 A prompt is in image pixel coordinates (x to the right, y down, origin at the top-left
 corner of the top-left pixel). A box is ``[x0, y0, x1, y1]`` with exclusive ``x1, y1``
-(``mask[y0:y1, x0:x1]``), the convention of :mod:`pixelwise.weak.boxes`. A click is a point
+(``mask[y0:y1, x0:x1]``), the convention of :mod:`pixelwise.recipes.weak.boxes`. A click is a point
 ``(x, y)`` marked positive (on the object) or negative (not on it); a scribble is a
 polyline of such points with a width, drawn as a stroke.
 """

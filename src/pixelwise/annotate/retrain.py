@@ -37,8 +37,8 @@ from PIL import Image
 
 from .. import config as config_mod
 from ..errors import ConfigError, PixelwiseError
+from ..infer.segmenter import Segmenter
 from ..metrics import ConfusionMatrix
-from ..segmenter import Segmenter
 from .exports import export_folder, folder_config
 from .jobs import Job, ModelSlot
 from .model_proposals import ModelProposer

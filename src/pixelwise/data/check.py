@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -35,26 +34,11 @@ from PIL import Image
 
 from ..config import DataCfg
 from ..errors import ConfigError, DataError
-from .check_report import CheckReport, Problem, SplitReport
+from .check_report import CheckReport, PairStats, Problem, SplitReport
 from .folder import IMAGE_SUFFIXES, MASK_SUFFIXES
 
 __all__ = ["check_dataset", "check_split", "inspect_pair", "analyse_pair", "scan_folder", "PairStats", "CheckReport",
            "SplitReport", "Problem"]
-
-
-@dataclass
-class PairStats:
-    """What one image/mask pair contributes to its split's report.
-
-    ``labels`` maps each mask value to its pixel count; ``channel_hist`` is the ``(3, 256)``
-    histogram of the RGB image values (exact integer sums for the mean and std).
-    """
-
-    name: str
-    problems: list[Problem] = field(default_factory=list)
-    labels: dict[int, int] = field(default_factory=dict)
-    channel_hist: np.ndarray | None = None
-    colours: list[tuple[int, ...]] | None = None
 
 
 def scan_folder(root: str | Path) -> tuple[list[tuple[Path, Path]], list[Problem]]:

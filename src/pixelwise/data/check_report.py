@@ -18,12 +18,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .check import PairStats
 
 EXAMPLES = 5  # files named per bad label value
 
@@ -36,6 +32,21 @@ class Problem:
     kind: str
     path: str
     message: str
+
+
+@dataclass
+class PairStats:
+    """What one image/mask pair contributes to its split's report.
+
+    ``labels`` maps each mask value to its pixel count; ``channel_hist`` is the ``(3, 256)``
+    histogram of the RGB image values (exact integer sums for the mean and std).
+    """
+
+    name: str
+    problems: list[Problem] = field(default_factory=list)
+    labels: dict[int, int] = field(default_factory=dict)
+    channel_hist: np.ndarray | None = None
+    colours: list[tuple[int, ...]] | None = None
 
 
 def median_frequency_weights(class_pixels: np.ndarray, present_pixels: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from ..errors import DataError
 from ..optional import require
 from ..registry import DATASETS, register
 from .io import read_image
+from .rle import coco_rle
 from .transforms import make_sample
 
 __all__ = ["CocoIndex", "CocoSegmentation", "CocoInstances", "collate_instances", "segmentation_to_mask",
@@ -260,7 +261,7 @@ class CocoInstances(Dataset):
                 x, y, w, h = (float(v) for v in ann["bbox"])
             else:
                 mask_utils = require("pycocotools.mask", "COCO annotations")
-                x, y, w, h = (float(v) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m))))
+                x, y, w, h = (float(v) for v in mask_utils.toBbox(coco_rle(m[None])[0]))
             x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
             x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
             if x2 <= x1 or y2 <= y1:

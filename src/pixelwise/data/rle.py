@@ -30,12 +30,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..optional import require
 from ..registry import DATASETS, register
 from .folder import IMAGE_SUFFIXES
 from .io import read_image
 from .transforms import make_sample
 
-__all__ = ["rle_encode", "rle_decode", "RleCsvDataset", "in_holdout", "EMPTY_VALUES"]
+__all__ = ["coco_rle", "rle_encode", "rle_decode", "RleCsvDataset", "in_holdout", "EMPTY_VALUES"]
 
 # How a missing mask is spelled by pandas, R and spreadsheet exports.
 EMPTY_VALUES = frozenset({"", "nan", "NaN", "NAN", "None", "null", "-"})
@@ -64,6 +65,21 @@ def rle_encode(mask: np.ndarray, *, order: str = "F") -> str:
     runs[0::2] = starts + 1
     runs[1::2] = stops - starts
     return " ".join(map(str, runs.tolist()))
+
+
+def coco_rle(masks: np.ndarray) -> list[dict]:
+    """``(K, H, W)`` binary masks (non-zero is foreground) -> ``K`` COCO RLE dicts
+    ``{"size": [H, W], "counts": str}``: pycocotools' compressed counts as ASCII text, so the
+    records are valid JSON and every pycocotools function reads them back. The one COCO-RLE
+    encoder of pixelwise (COCO metrics, predictions, the server, annotation exports)."""
+    mask_utils = require("pycocotools.mask", "COCO run-length encoding")
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"coco_rle expects (K, H, W) masks, got shape {masks.shape}")
+    if len(masks) == 0:
+        return []
+    encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0) != 0, dtype=np.uint8))
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in encoded]
 
 
 def rle_decode(rle: str | float | None, shape: tuple[int, int], *, order: str = "F", where: str = "RLE") -> np.ndarray:

@@ -61,7 +61,7 @@ __all__ = ["PRESETS", "TTA_FOR_PRESET", "AffineElasticCrop", "GridElastic", "Pho
            "EpochSeeded", "build_transform", "tta_for_preset", "pad_collate"]
 
 PRESETS: tuple[str, ...] = ("none", "scale_crop", "standard", "unet")
-# Test-time augmentation (engine.tta's names) consistent with each preset: only the flips
+# Test-time augmentation (infer.tta's names) consistent with each preset: only the flips
 # the model was trained with, and scales inside the 0.5-2.0 training range.
 TTA_FOR_PRESET: dict[str, str] = {"none": "none", "scale_crop": "flip+scales", "standard": "flip+scales",
                                   "unet": "flip+scales"}
@@ -197,7 +197,7 @@ def build_transform(
 
 
 def tta_for_preset(preset: str) -> str:
-    """The test-time augmentation (an ``engine.tta.parse_tta`` name) consistent with a
+    """The test-time augmentation (an ``infer.tta.parse_tta`` name) consistent with a
     training preset: horizontal flip and scales 0.75-1.25 for the presets that train with
     flips and 0.5-2.0 scaling, none for ``"none"`` (the model never saw a flipped image)."""
     if preset not in PRESETS:

@@ -10,20 +10,27 @@ truth and unmatched detections to areas ``< 32**2``, ``32**2 .. 96**2``, ``> 96*
 pixels. The computation itself is pycocotools' ``COCOeval(iouType="segm")``; this
 module only turns per-image masks into its run-length-encoded inputs.
 
+Two entry points share pycocotools' evaluator (:func:`_summarize`): :class:`CocoMaskAP`
+accumulates masks image by image (mask AP, per-class AP, all-gather across processes), and
+:func:`coco_evaluate` scores COCO dicts (ground truth from :func:`coco_ground_truth`, results
+from :func:`coco_results`) for box and mask AP at once, as instance training validates.
+
 pycocotools is an optional dependency: ``pip install pixelwise[coco]``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch.distributed as dist
 from torch import Tensor
 
+from ..data.rle import coco_rle
 from ..optional import require
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -84,9 +91,7 @@ class CocoMaskAP:
             raise ValueError(f"{name} must have shape {want} but got {masks.shape}")
         if masks.shape[0] == 0:
             return []
-        # pycocotools wants uint8 (H, W, M) in Fortran order; 'counts' stays bytes.
-        fortran = np.asfortranarray(masks.transpose(1, 2, 0) > 0, dtype=np.uint8)
-        return self._mask_utils.encode(fortran)
+        return coco_rle(masks > 0)
 
     def update(
         self,
@@ -219,3 +224,73 @@ def coco_mask_ap(images: Sequence[dict], *, max_detections: int = 100) -> dict:
     for image in images:
         evaluator.update(**image)
     return evaluator.compute()
+
+
+def _xywh(boxes: np.ndarray) -> list[list[float]]:
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in boxes]
+
+
+def coco_ground_truth(targets: Iterable[dict], sizes: Iterable[tuple[int, int]],
+                      class_names: list[str]) -> dict:
+    """A COCO dataset dict from torchvision targets (``masks`` (K, H, W), ``labels``, ``image_id``)
+    and the ``(H, W)`` of each image; ``class_names[0]`` is the background and is left out."""
+    images, annotations = [], []
+    for target, (height, width) in zip(targets, sizes):
+        image_id = int(target["image_id"])
+        images.append({"id": image_id, "height": int(height), "width": int(width),
+                       "file_name": str(target.get("name", image_id))})
+        masks = _numpy(target["masks"]).astype(np.uint8)
+        for rle, label, box in zip(coco_rle(masks), _numpy(target["labels"]), _xywh(_numpy(target["boxes"]))):
+            # ids from 1: COCOeval takes a matched id of 0 for "unmatched".
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
+                                "segmentation": rle, "area": float(masks_area(rle)), "bbox": box, "iscrowd": 0})
+    categories = [{"id": k, "name": name} for k, name in enumerate(class_names) if k > 0]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def masks_area(rle: dict) -> float:
+    """Pixel area of one RLE mask."""
+    mask_utils = require("pycocotools.mask", "COCO evaluation")
+
+    return float(mask_utils.area(rle))
+
+
+def coco_results(image_id: int, boxes, labels, scores, masks, *, mask_threshold: float = 0.5) -> list[dict]:
+    """COCO result records of one image: ``masks`` ``(D, H, W)`` probabilities, binarised at
+    ``> mask_threshold``; each record has both ``bbox`` and an RLE ``segmentation``."""
+    masks = _numpy(masks) > mask_threshold
+    return [{"image_id": int(image_id), "category_id": int(label), "score": float(score), "bbox": box,
+             "segmentation": rle}
+            for rle, label, score, box in zip(coco_rle(masks), _numpy(labels), _numpy(scores), _xywh(_numpy(boxes)))]
+
+
+def coco_evaluate(ground_truth: dict, results: list[dict], *, iou_types: tuple[str, ...] = ("bbox", "segm")
+                  ) -> dict[str, dict[str, float]]:
+    """``{"bbox": {AP, AP50, ...}, "segm": {...}}`` from pycocotools' COCOeval.
+
+    Values are in 0..1; NaN where COCO reports -1 (no ground truth in that size range).
+    With no detections at all every AP is 0 (``loadRes`` refuses an empty list).
+    """
+    COCO = require("pycocotools.coco", "COCO evaluation").COCO
+    COCOeval = require("pycocotools.cocoeval", "COCO evaluation").COCOeval
+
+    scores: dict[str, dict[str, float]] = {}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports with print()
+        gt = COCO()
+        gt.dataset = copy.deepcopy(ground_truth)
+        gt.createIndex()
+        for iou_type in iou_types:
+            if not results:
+                scores[iou_type] = {name: 0.0 for name in STATS}
+                continue
+            # Each evaluation sees only its own geometry: loadRes would otherwise take the
+            # box area for segm records too (detectron2 drops the other key the same way).
+            drop = "segmentation" if iou_type == "bbox" else "bbox"
+            dt = gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in copy.deepcopy(results)])
+            evaluator = COCOeval(gt, dt, iouType=iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+            scores[iou_type] = {name: (math.nan if v < 0 else float(v)) for name, v in zip(STATS, evaluator.stats)}
+    return scores

@@ -249,8 +249,8 @@ def maskrcnn(**kwargs) -> MaskRCNN:
 def create_instance_model(name: str, **kwargs) -> nn.Module:
     """Build an instance segmentation model by name (``maskrcnn``); kwargs go to its constructor.
 
-    The result has a ``.config`` dict, so :func:`pixelwise.engine.checkpoint.save_model`
-    saves it and :func:`pixelwise.engine.instance_io.load_instance_model` rebuilds it.
+    The result has a ``.config`` dict, so :func:`pixelwise.hub.save_model`
+    saves it and :func:`pixelwise.tasks.instance.load_instance_model` rebuilds it.
     """
     try:
         builder = lookup(INSTANCE_MODELS, name, "instance model")

@@ -1,7 +1,7 @@
 """Serving: ``pixelwise serve CHECKPOINT`` — an HTTP API (FastAPI + uvicorn) and a browser page.
 
 ``create_app(load_segmenter(folder))`` gives the ASGI app for any ASGI server; :func:`serve`
-runs it with uvicorn. A semantic model is served through :class:`pixelwise.segmenter.Segmenter`,
+runs it with uvicorn. A semantic model is served through :class:`pixelwise.infer.segmenter.Segmenter`,
 an instance model (Mask R-CNN) through :class:`pixelwise.serve.instance.InstanceSegmenter`.
 """
 
@@ -27,11 +27,11 @@ def create_app(segmenter, limits: ServeLimits | None = None, *, host: str | None
 def load_segmenter(folder: str, *, device: str = "cpu", amp: str = "none", backend: str = "torch"):
     """The saved model in ``folder``, ready to serve: a ``Segmenter`` for a semantic model, an
     ``InstanceSegmenter`` for an instance model (which runs on PyTorch only)."""
-    from ..engine.instance_cli import is_instance_checkpoint
     from ..errors import ConfigError
-    from ..segmenter import Segmenter
+    from ..hub import is_instance_folder
+    from ..infer.segmenter import Segmenter
 
-    if is_instance_checkpoint(folder):
+    if is_instance_folder(folder):
         from .instance import InstanceSegmenter
 
         if backend != "torch":

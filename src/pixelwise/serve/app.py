@@ -1,6 +1,6 @@
 """The FastAPI application: ``/v1/segment``, ``/v1/model``, ``/healthz`` and the browser page ``/``.
 
-The model is loaded once: a semantic :class:`~pixelwise.segmenter.Segmenter` or an instance
+The model is loaded once: a semantic :class:`~pixelwise.infer.segmenter.Segmenter` or an instance
 :class:`~pixelwise.serve.instance.InstanceSegmenter`, which is called the same way and whose
 responses add an ``instances`` list; query options of the other kind of model, and unknown
 ones, are refused (HTTP 422), never ignored.
@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError
-from ..segmenter import Segmenter
+from ..infer.segmenter import Segmenter
 from .access import AccessGuard
 from .batching import Batcher
 from .body import ClientGone, read_upload

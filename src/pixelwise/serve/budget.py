@@ -134,7 +134,7 @@ class MemoryBudget:
     """Estimates one request's decode + inference bytes and refuses (413) those over ``limit_mb``.
 
     Args:
-        segmenter: a :class:`~pixelwise.segmenter.Segmenter` or an
+        segmenter: a :class:`~pixelwise.infer.segmenter.Segmenter` or an
             :class:`~pixelwise.serve.instance.InstanceSegmenter`; its model is probed once, here.
         limit_mb: the per-request budget in MiB (``--max-memory-mb``).
     """
@@ -183,7 +183,7 @@ class MemoryBudget:
         return 1.25 * worst  # lattice occupancy varies with the image; keep a margin
 
     def _init_instance(self, segmenter: Any, config: dict, device: torch.device) -> None:
-        from ..engine.instance_predict import detect_instances
+        from ..infer.instance import detect_instances
 
         low = int(config.get("min_size") or 800)
         high = int(config.get("max_size") or 1333)

@@ -1,7 +1,7 @@
 """Serving an instance model (Mask R-CNN) through the same app, gate and limits as a semantic one.
 
 :class:`InstanceSegmenter` has the attributes and the call signature of
-:class:`pixelwise.segmenter.Segmenter` that the app reads (``model``, ``class_names``,
+:class:`pixelwise.infer.segmenter.Segmenter` that the app reads (``model``, ``class_names``,
 ``palette``, ``mean``, ``std``, ``tile``, ``config``, ``__call__(image, tile=, overlap=,
 tta=, crf=)``), plus ``task = "instance"``. Its result carries a label map built from the
 detections (``instances_to_semantic``: each pixel takes the class of the highest-scoring
@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from ..data.io import default_palette
-from ..engine.instance import load_instance_model
-from ..engine.instance_eval import instances_to_semantic
-from ..engine.instance_predict import detect_instances, instance_colours
+from ..data.rle import coco_rle
 from ..errors import ConfigError
-from ..optional import require
-from ..segmenter import ImageLike, to_rgb
+from ..infer.instance import detect_instances, instance_colours
+from ..infer.segmenter import ImageLike, to_rgb
+from ..postprocess.instances import instances_to_semantic
+from ..tasks.instance import load_instance_model
 
 __all__ = ["InstanceResult", "InstanceSegmenter", "instance_items"]
 
@@ -58,10 +58,10 @@ class InstanceResult:
 
 
 class InstanceSegmenter:
-    """A saved instance model ready for serving, called like a :class:`~pixelwise.segmenter.Segmenter`.
+    """A saved instance model ready for serving, called like a :class:`~pixelwise.infer.segmenter.Segmenter`.
 
     Args:
-        model: an instance model in eval mode (:func:`~pixelwise.engine.instance.load_instance_model`).
+        model: an instance model in eval mode (:func:`~pixelwise.tasks.instance.load_instance_model`).
         class_names: one name per class, background first.
         palette: ``(K, 3)`` uint8 label-map colours (default: the PASCAL VOC colour map).
         device, amp: where and in which autocast dtype the model runs.
@@ -125,11 +125,9 @@ def instance_items(result: InstanceResult) -> list[dict[str, Any]]:
     """The detections as JSON records: class, score, ``box`` ``[x1, y1, x2, y2]``, mask ``area``,
     a display ``color`` and the mask as COCO RLE (``{"size": [H, W], "counts": str}``, which
     ``pycocotools.mask.decode`` reads once ``counts`` is encoded to bytes)."""
-    mask_utils = require("pycocotools.mask", "instance responses (COCO RLE)")
-
     if len(result.masks) == 0:
         return []
-    encoded = mask_utils.encode(np.asfortranarray(result.masks.transpose(1, 2, 0), dtype=np.uint8))
+    encoded = coco_rle(result.masks)
     colours = instance_colours(len(result.masks))
     names = result.class_names
     items = []
@@ -139,5 +137,5 @@ def instance_items(result: InstanceResult) -> list[dict[str, Any]]:
         items.append({"id": i, "class_id": cls, "class_name": names[cls] if cls < len(names) else f"class_{cls}",
                       "score": float(score), "box": [float(v) for v in box], "area": int(mask.sum()),
                       "color": "#" + "".join(f"{int(c):02x}" for c in colours[i]),
-                      "rle": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}})
+                      "rle": rle})
     return items

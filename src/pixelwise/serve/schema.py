@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
-from ..optional import require
+from ..data.rle import coco_rle
 
 __all__ = ["ERROR_RESPONSES", "REQUEST_BODY", "SegmentResponse", "ErrorResponse", "png_base64", "rle", "hex_color"]
 
@@ -101,13 +101,11 @@ def png_base64(labels: np.ndarray, palette: np.ndarray) -> str:
 
 
 def rle(labels: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
-    mask_utils = require("pycocotools.mask", "RLE output")
-
+    classes = np.unique(labels)
+    encoded = coco_rle(labels[None] == classes[:, None, None])
     out = []
-    for cls in np.unique(labels):
-        enc = mask_utils.encode(np.asfortranarray(labels == cls, dtype=np.uint8))
-        out.append({"id": int(cls), "name": names[int(cls)], "size": [int(s) for s in enc["size"]],
-                    "counts": enc["counts"].decode("ascii")})
+    for cls, enc in zip(classes, encoded):
+        out.append({"id": int(cls), "name": names[int(cls)], "size": enc["size"], "counts": enc["counts"]})
     return out
 
 

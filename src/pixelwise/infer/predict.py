@@ -1,8 +1,8 @@
 """Prediction: images in, label maps (and coloured masks, overlays, run-length files) out.
 
 The pieces: :func:`model_function` wraps a model with device transfer, autocast and
-channels_last; :func:`~pixelwise.engine.sliding.sliding_window` and
-:func:`~pixelwise.engine.tta.predict_probs` do tiling and test-time augmentation;
+channels_last; :func:`~pixelwise.infer.sliding.sliding_window` and
+:func:`~pixelwise.infer.tta.predict_probs` do tiling and test-time augmentation;
 :class:`pixelwise.Segmenter` holds a saved model with its preprocessing; :func:`predict_paths`
 is ``pixelwise predict``: files and folders in, one set of output files per image out.
 """
@@ -17,67 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 from tqdm import tqdm
 
 from ..data.folder import IMAGE_SUFFIXES
 from ..data.io import _atomic_write, write_image, write_mask
+from ..data.rle import coco_rle, rle_encode
 from ..errors import ConfigError, DataError
-from ..optional import require
-from ..runtime import autocast
-from .sliding import ModelFn
-from .tta import TTA, predict_probs
+from .tta import TTA
 
 FORMATS = ("png", "color", "overlay", "coco-rle", "csv-rle")
 COCO_FILE, CSV_FILE = "predictions_coco.json", "predictions_rle.csv"
-
-
-def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(H, W, C)`` uint8 -> ``(C, H, W)`` float32, ``(x / 255 - mean) / std``."""
-    image = np.ascontiguousarray(image)
-    if not image.flags.writeable:  # torch.from_numpy warns on read-only arrays (PIL, np.broadcast_to)
-        image = image.copy()
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
-    return x.sub_(torch.tensor(mean).view(-1, 1, 1)).div_(torch.tensor(std).view(-1, 1, 1))
-
-
-def model_function(model: nn.Module, *, device: torch.device | str = "cpu", amp: str = "none",
-                   channels_last: bool = False) -> ModelFn:
-    """``model`` as a function ``(N, C, H, W) -> (N, K, H, W)`` float32 logits that moves its
-    input to ``device``, runs under autocast (``amp`` = none | bf16 | fp16) and, with
-    ``channels_last``, hands the network NHWC (NDHWC for volumes) tensors.
-
-    The model itself should already be on ``device`` (and in channels_last, if asked).
-    """
-    device = torch.device(device)
-    autocast(device, amp)  # fail now, not at the first tile, on a bad amp/device pair
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
-        with autocast(device, amp):
-            out = model(x)
-        return out.float()
-
-    return run
-
-
-@torch.no_grad()
-def predict_image(model: nn.Module, image: np.ndarray, *, mean: Sequence[float], std: Sequence[float],
-                  device: torch.device | str = "cpu", amp: str = "none", channels_last: bool = False,
-                  tile: int | None = None, overlap: float = 0.25, tta: bool | str | dict | TTA | None = None,
-                  batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Segment one ``(H, W, 3)`` uint8 RGB image (optionally tiled and with TTA).
-
-    Returns ``(labels (H, W) int64, probabilities (C, H, W) float32)``.
-    """
-    device = torch.device(device)
-    x = normalize(image, mean, std)[None].to(device)
-    fn = model_function(model, device=device, amp=amp, channels_last=channels_last)
-    probs = predict_probs(fn, x, tta=tta, tile=tile, overlap=overlap, batch_size=batch_size)[0]
-    return probs.argmax(0).cpu().numpy(), probs.cpu().numpy()
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -112,18 +61,17 @@ def coco_rle_entries(labels: np.ndarray, probs: np.ndarray | None, *, image_id: 
     background): ``{"image_id", "file_name", "category_id", "category_name", "segmentation":
     {"size": [H, W], "counts": str}, "score"}``; ``score`` is the mean probability of the class
     over its pixels (1.0 without ``probs``)."""
-    mask_util = require("pycocotools.mask", "the coco-rle output")
     entries = []
     for c in np.unique(labels):
         c = int(c)
         if c == 0 or c == ignore_index:
             continue
         binary = labels == c
-        rle = mask_util.encode(np.asfortranarray(binary.astype(np.uint8)))
+        rle = coco_rle(binary[None])[0]
         score = float(probs[c][binary].mean()) if probs is not None else 1.0
         entries.append({"image_id": image_id, "file_name": file_name, "category_id": c,
                         "category_name": class_names[c] if c < len(class_names) else str(c),
-                        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                        "segmentation": rle,
                         "score": round(score, 6)})
     return entries
 
@@ -132,8 +80,6 @@ def csv_rle_rows(labels: np.ndarray, *, image_name: str, num_classes: int, ignor
     """Competition rows ``[ImageId, ClassId, EncodedPixels]``, one per foreground class
     ``1 .. num_classes - 1`` (empty ``EncodedPixels`` for an absent class); column-major,
     1-based runs as in :mod:`pixelwise.data.rle`."""
-    from ..data.rle import rle_encode
-
     return [[image_name, str(c), rle_encode(labels == c)]
             for c in range(1, num_classes) if c != ignore_index]
 
@@ -154,7 +100,7 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
     is flushed row by row, the COCO JSON is written even if the run is interrupted).
     Returns ``{"written": [names], "failed": [(path, reason)], "files": [summary files]}``.
     """
-    from ..segmenter import Segmenter, to_rgb
+    from .segmenter import Segmenter, to_rgb
 
     formats = parse_formats(formats)
     seg = Segmenter.from_pretrained(model_dir, device=device, amp=amp, channels_last=channels_last, backend=backend)

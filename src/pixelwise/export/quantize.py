@@ -6,7 +6,7 @@ integer convolutions do about twice the arithmetic per instruction, so ::
 
     quantize_onnx("model.onnx", "model.int8.onnx", calibration=[rgb_uint8, ...], mean=..., std=...)
 
-turns an fp32 file written by :func:`pixelwise.export.export_onnx` into one whose convolutions
+turns an fp32 file written by :func:`pixelwise.export.onnx.export_onnx` into one whose convolutions
 (and matrix products) run in int8 with ONNX Runtime's QDQ format: weights symmetric per
 output channel (7-bit by default, see ``reduce_range``), activations asymmetric uint8 per
 tensor, activation ranges from the min/max seen on the calibration images
@@ -37,9 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, PixelwiseError
-from .export import IMAGENET_MEAN, IMAGENET_STD
-from .optional import require
+from ..errors import ConfigError, PixelwiseError
+from ..optional import require
+from ..registry import BACKENDS, register
+from .backends import OnnxRuntimeModel
+from .onnx import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["INT8_FILE", "QuantReport", "quantize_onnx"]
 
@@ -121,7 +123,7 @@ def quantize_onnx(source: str | Path, path: str | Path, calibration: Iterable[np
     """Quantise an fp32 ONNX segmentation file to int8 and check it against the fp32 file.
 
     Args:
-        source: an fp32 ``.onnx`` written by :func:`pixelwise.export.export_onnx` (plain or pipeline).
+        source: an fp32 ``.onnx`` written by :func:`pixelwise.export.onnx.export_onnx` (plain or pipeline).
         path: the int8 file to write.
         calibration: RGB uint8 ``(H, W, 3)`` images like the ones the model will see.
         mean, std: the model's normalisation on the 0..1 scale (ignored for a pipeline file,
@@ -218,3 +220,14 @@ def quantize_onnx(source: str | Path, path: str | Path, calibration: Iterable[np
             f"more typical calibration images, or stay with the fp32 file")
     os.replace(path, final)
     return report
+
+
+@register(BACKENDS, "onnxruntime-int8")
+def onnxruntime_int8_backend(model, folder: Path) -> OnnxRuntimeModel:
+    """The ``Segmenter`` backend ``"onnxruntime-int8"``: ``FOLDER/model.int8.onnx``, which needs
+    calibration images and so is never written implicitly."""
+    path = Path(folder) / INT8_FILE
+    if not path.is_file():
+        raise ConfigError(f"backend='onnxruntime-int8' needs {str(path)!r}; write it with `pixelwise export "
+                          f"{folder} --int8 --calibrate IMAGES` (16-64 images like the ones you will segment)")
+    return OnnxRuntimeModel(path)

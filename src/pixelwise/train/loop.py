@@ -8,7 +8,6 @@ One step is one optimiser update over ``train.accumulate`` micro-batches of
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from .. import config as config_mod
@@ -25,74 +24,22 @@ from ..bf16_guard import guard_for_training
 from ..config import ExperimentCfg
 from ..data import class_names
 from ..errors import ConfigError, TrainingError
+from ..hub import save_model
 from ..losses import build_loss
-from ..models import SegmentationOutput, create_model
-from ..runtime import autocast, deterministic, resolve_device, seed_everything
+from ..models import SegmentationOutput
+from ..runtime import autocast, deterministic, seed_everything
+from ..tasks.semantic import build_model, compute_loss, evaluate, model_meta, override_aux
 from . import distributed as dist_mod
-from .adversarial_train import AdversarialTrainer
-from .checkpoint import save_model
+from .adversarial import AdversarialTrainer
+from .checkpoint import load_train_state, remove_stale_temporaries, save_train_state
 from .ema import ModelEMA
-from .evaluate import evaluate
 from .interrupt import StopRequest, TrainingInterrupted
 from .loaders import EPOCH_SEED_STRIDE, make_loaders
 from .logging import RunLogger
 from .optim import build_optimizer, set_encoder_frozen
 from .schedule import make_schedule
-from .state import load_train_state, remove_stale_temporaries, save_train_state
 
-__all__ = [
-    "build_model",
-    "build_optimizer",
-    "compute_loss",
-    "model_meta",
-    "resolve_device",
-    "seed_everything",
-    "train",
-]
-
-
-def model_kwargs(cfg: ExperimentCfg, **extra: Any) -> dict[str, Any]:
-    """Constructor keywords from the ``model`` section plus ``data.num_classes`` and ``extra``;
-    ``model.args`` may not repeat any of them."""
-    kwargs: dict[str, Any] = {"num_classes": cfg.data.num_classes, "in_channels": cfg.model.in_channels, **extra}
-    if cfg.model.encoder is not None:
-        kwargs["encoder"] = cfg.model.encoder
-    if cfg.model.encoder_weights is not None:
-        kwargs["encoder_weights"] = cfg.model.encoder_weights
-    overlap = set(kwargs) & set(cfg.model.args)
-    if overlap:
-        raise ConfigError(f"model.args must not repeat {sorted(overlap)}; they come from model.encoder, "
-                          f"model.encoder_weights, model.in_channels and the data section")
-    return {**kwargs, **cfg.model.args}
-
-
-def build_model(cfg: ExperimentCfg) -> nn.Module:
-    """``create_model`` from the ``model`` section (plus ``data.num_classes``)."""
-    return create_model(cfg.model.name, **model_kwargs(cfg))
-
-
-def model_meta(cfg: ExperimentCfg) -> dict[str, Any]:
-    """What a saved model needs besides its weights to turn images into masks."""
-    return {"data": {"num_classes": cfg.data.num_classes, "class_names": class_names(cfg.data),
-                     "ignore_index": cfg.data.ignore_index, "mean": cfg.data.mean, "std": cfg.data.std},
-            "experiment": config_mod.to_dict(cfg)}
-
-
-def compute_loss(loss_fn: nn.Module, output: Tensor | SegmentationOutput, target: Tensor) -> Tensor:
-    """Main loss plus weighted auxiliary losses, in float32 whatever the autocast dtype."""
-    if isinstance(output, SegmentationOutput):
-        loss = loss_fn(output.logits.float(), target)
-        for aux, weight in zip(output.aux, output.aux_weights):
-            loss = loss + weight * loss_fn(aux.float(), target)
-        return loss
-    return loss_fn(output.float(), target)
-
-
-def _override_aux(output: Tensor | SegmentationOutput, weight: float | None) -> Tensor | SegmentationOutput:
-    """``train.aux_weight`` replaces every auxiliary/deep-supervision weight the model proposes."""
-    if weight is None or not isinstance(output, SegmentationOutput):
-        return output
-    return dataclasses.replace(output, aux_weights=[weight] * len(output.aux))
+__all__ = ["train"]
 
 
 def _check_cfg(cfg: ExperimentCfg, device: torch.device) -> None:
@@ -236,7 +183,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
                 with sync:
                     with autocast(device, t.amp):
                         output = model(image)
-                    output = _override_aux(output, t.aux_weight)
+                    output = override_aux(output, t.aux_weight)
                     loss = compute_loss(loss_fn, output, target)
                     logits = output.logits if isinstance(output, SegmentationOutput) else output
                     if adv is not None:

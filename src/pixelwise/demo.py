@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import ExperimentCfg, from_dict
-from ..data import build_dataset, class_names, pad_collate
-from ..data.io import colorize, default_palette, overlay, write_image, write_mask
-from .checkpoint import load_model
-from .evaluate import evaluate
-from .infer import predict_image
-from .report import plot_curves, write_report
-from .train import train
+from .config import ExperimentCfg, from_dict
+from .data import build_dataset, class_names, pad_collate
+from .data.io import colorize, default_palette, overlay, write_image, write_mask
+from .hub import load_model
+from .infer.runtime import predict_image
+from .tasks.semantic import evaluate
+from .train.loop import train
+from .train.report import plot_curves, write_report
 
 # The same settings as configs/demo.yaml (a test keeps the two equal).
 DEMO = {

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from ..data.io import read_image, write_image, write_mask
+from ..metrics.coco import coco_results
 from ..models.maskrcnn import Instances
+from ..postprocess.instances import instances_to_semantic
 from ..runtime import autocast
-from .infer import expand_inputs
-from .instance import load_instance_model
-from .instance_eval import coco_results, instances_to_semantic
+from ..tasks.instance import load_instance_model
+from .predict import expand_inputs
 
 __all__ = ["detect_instances", "draw_instances", "instance_colours", "predict_instance_paths"]
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DataError, PixelwiseError
+from ..errors import DataError, PixelwiseError
 
 __all__ = ["SyntheticMixtures", "read_wav", "write_wav"]
 

@@ -22,7 +22,7 @@ box to the smallest, so an object pixel is never overwritten by another box's ba
 and a small object in front of a big box stays visible (Simple Does It: "smaller boxes on
 top").
 
-The training side (train, predict, refine, repeat) is in :mod:`pixelwise.weak.train`.
+The training side (train, predict, refine, repeat) is in :mod:`pixelwise.recipes.weak.train`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from ..errors import DataError, PixelwiseError
+from ...errors import DataError, PixelwiseError
 
 __all__ = [
     "PSEUDO_MODES",

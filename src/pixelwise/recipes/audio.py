@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..errors import ConfigError, DataError, PixelwiseError
 from .audio_data import read_wav, write_wav
-from .errors import ConfigError, DataError, PixelwiseError
 
 __all__ = [
     "SpectrogramUNet",
@@ -229,7 +229,7 @@ def evaluate_separation(model: SpectrogramUNet, mixtures: Tensor, sources: Tenso
 
 def save_separator(model: SpectrogramUNet, folder: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically (no pickle)."""
-    from .engine.checkpoint import CONFIG, WEIGHTS, atomic_dir
+    from ..hub import CONFIG, WEIGHTS, atomic_dir
 
     with atomic_dir(folder) as tmp:
         (tmp / CONFIG).write_text(json.dumps({"model": model.config, "task": "audio-separation"}, indent=2))
@@ -239,7 +239,7 @@ def save_separator(model: SpectrogramUNet, folder: str | Path) -> Path:
 
 def load_separator(folder: str | Path, *, device: str | torch.device = "cpu") -> SpectrogramUNet:
     """Rebuild a separator saved by :func:`save_separator`, in eval mode."""
-    from .engine.checkpoint import CONFIG, WEIGHTS, resolve
+    from ..hub import CONFIG, WEIGHTS, resolve
 
     folder = resolve(folder)
     config = json.loads((folder / CONFIG).read_text())

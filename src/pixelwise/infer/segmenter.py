@@ -13,7 +13,6 @@ model repository, read and written with no network and no pickle.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,11 +25,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .data.io import colorize, default_palette, overlay, read_image
-from .engine.checkpoint import load_model, resolve, save_model
-from .engine.infer import model_function, normalize
-from .engine.tta import TTA, predict_probs
-from .errors import ConfigError, DataError
+from ..data.io import colorize, default_palette, overlay, read_image
+from ..errors import ConfigError, DataError
+from ..hub import load_model, resolve, save_model, split_provenance, write_card
+from ..registry import BACKENDS, lookup
+from .runtime import model_function, normalize
+from .tta import TTA, predict_probs
 
 ImageLike = np.ndarray | Image.Image | str | os.PathLike
 
@@ -134,10 +134,10 @@ class Segmenter:
         PyTorch, exporting ``model.onnx`` into the folder first if it is not there.
         ``backend="onnxruntime-int8"`` runs ``model.int8.onnx``, which
         ``pixelwise export FOLDER --int8 --calibrate IMAGES`` writes (it needs calibration
-        images, so it is never made implicitly; see :mod:`pixelwise.quantize`).
+        images, so it is never made implicitly; see :mod:`pixelwise.export.quantize`).
         """
-        if backend not in ("torch", "onnxruntime", "onnxruntime-int8"):
-            raise ConfigError(f"backend={backend!r} is not known; use 'torch', 'onnxruntime' or 'onnxruntime-int8'")
+        if backend != "torch" and backend not in BACKENDS:
+            raise ConfigError(f"backend={backend!r} is not known; use 'torch' or one of {', '.join(sorted(BACKENDS))}")
         folder = resolve(folder)
         model, config = load_model(folder, device=device)
         data = config.get("data")
@@ -147,7 +147,8 @@ class Segmenter:
         names = data.get("class_names") or [f"class_{i}" for i in range(data["num_classes"])]
         model_fn = None
         if backend != "torch":
-            model_fn = _onnx_model_fn(model, folder, int8=backend == "onnxruntime-int8")
+            # Registered by pixelwise.export (imported with pixelwise): ONNX Runtime, its int8 file.
+            model_fn = lookup(BACKENDS, backend, "backend")(model, folder)
         meta = {k: v for k, v in config.items() if k != "model"}
         return cls(model, mean=data["mean"], std=data["std"], class_names=names, palette=config.get("palette"),
                    tile=config.get("tile"), device=device, amp=amp, channels_last=channels_last, config=meta,
@@ -168,7 +169,7 @@ class Segmenter:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if model_card:
-            (Path(folder) / "README.md").write_text(_model_card(getattr(model, "config", {}), meta))
+            write_card(folder, split_provenance(getattr(model, "config", {}))[0], meta)
         return Path(folder)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -207,7 +208,9 @@ class Segmenter:
             raise ConfigError(f"the model returns {probs.shape[0]} classes but the config names "
                               f"{len(self.class_names)}; fix data.class_names in config.json")
         if crf:
-            from .postprocess.crf import dense_crf
+            # Imported here: pixelwise.postprocess loads SciPy, which must not be in the process
+            # of every `import pixelwise` (with it, oneDNN backward crashed in the FCN-8s recipe test).
+            from ..postprocess.crf import dense_crf
 
             probs = torch.as_tensor(dense_crf(rgb, probs, iterations=5), dtype=torch.float32)
         labels = probs.argmax(0).numpy()
@@ -218,64 +221,3 @@ class Segmenter:
         name = getattr(self.model, "config", {}).get("name", type(self.model).__name__)
         return (f"Segmenter({name}, classes={self.class_names}, device={self.device}, amp={self.amp!r}, "
                 f"channels_last={self.channels_last}, tile={self.tile})")
-
-
-def _onnx_model_fn(model: nn.Module, folder: Path, *, int8: bool = False):
-    try:
-        from .export import OnnxRuntimeModel, export_onnx
-    except ImportError as err:
-        raise ConfigError(f"backend='onnxruntime' needs pixelwise.export (OnnxRuntimeModel, export_onnx), which "
-                          f"cannot be imported here ({err}); use backend='torch'") from None
-    if int8:
-        from .quantize import INT8_FILE
-
-        path = folder / INT8_FILE
-        if not path.is_file():
-            raise ConfigError(f"backend='onnxruntime-int8' needs {str(path)!r}; write it with `pixelwise export "
-                              f"{folder} --int8 --calibrate IMAGES` (16-64 images like the ones you will segment)")
-        return OnnxRuntimeModel(path)
-    path = folder / "model.onnx"
-    if not path.is_file():
-        # export_onnx checks ONNX Runtime against PyTorch at the trace size; 256 keeps that quick.
-        export_onnx(model.cpu().eval(), path, height=256, width=256, verbose=False)
-    return OnnxRuntimeModel(path)
-
-
-def _model_card(model_cfg: dict[str, Any], meta: dict[str, Any]) -> str:
-    data = meta["data"]
-    classes = "\n".join(f"| {i} | {n} |" for i, n in enumerate(data["class_names"]))
-    scores = meta.get("scores")
-    shown = f"\n## Validation scores\n\n```json\n{json.dumps(scores, indent=2)}\n```\n" if scores else ""
-    return f"""# {model_cfg.get("name", "pixelwise model")} segmentation model
-
-A pixelwise model folder: `config.json` (architecture and preprocessing)
-and `model.safetensors` (weights). Loads with no network access and no pickle.
-
-## Use
-
-```python
-from pixelwise import Segmenter
-
-seg = Segmenter.from_pretrained("path/to/this/folder")
-result = seg("image.png", tile={meta.get("tile") or 512}, tta="flip")
-print(result.areas())
-```
-
-or `pixelwise predict path/to/this/folder images/ --out predictions/`.
-
-## Architecture
-
-```json
-{json.dumps(model_cfg, indent=2)}
-```
-
-## Preprocessing
-
-RGB pixels scaled to 0..1, then `(x - mean) / std` with mean `{data["mean"]}`, std `{data["std"]}`.
-
-## Classes
-
-| index | name |
-|---|---|
-{classes}
-{shown}"""

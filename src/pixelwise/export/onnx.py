@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine.onnx_runtime import OnnxRuntimeModel
-from .errors import ConfigError, PixelwiseError
-from .optional import require
+from ..errors import ConfigError, PixelwiseError
+from ..optional import require
+from ..registry import BACKENDS, register
+from .backends import OnnxRuntimeModel
 
 __all__ = ["ExportReport", "OnnxRuntimeModel", "ParityCheck", "SegmentationPipeline", "StridePadded",
            "export_onnx", "export_torchscript", "stride_of"]
@@ -111,8 +112,8 @@ def stride_of(model: nn.Module) -> tuple[int, str]:
     gets stride 1: no padding, and the dynamic export then succeeds only if its own shape
     logic is size-generic (otherwise the export falls back to static and says so).
     """
-    from .models.enet import ENet
-    from .models.segnet import SegNet
+    from ..models.enet import ENet
+    from ..models.segnet import SegNet
 
     if isinstance(model, ENet):
         return 8, "replicate"
@@ -399,3 +400,14 @@ def export_torchscript(model: nn.Module, path: str | Path, *, height: int = 512,
                                  f"or use --format onnx") from err
     report.seconds = time.perf_counter() - start
     return _finish(report, verbose, min_agreement)
+
+
+@register(BACKENDS, "onnxruntime")
+def onnxruntime_backend(model: nn.Module, folder: Path) -> OnnxRuntimeModel:
+    """The ``Segmenter`` backend ``"onnxruntime"``: ``FOLDER/model.onnx`` on ONNX Runtime (CPU),
+    exported first (with its parity check) when the folder has none."""
+    path = Path(folder) / "model.onnx"
+    if not path.is_file():
+        # export_onnx checks ONNX Runtime against PyTorch at the trace size; 256 keeps that quick.
+        export_onnx(model.cpu().eval(), path, height=256, width=256, verbose=False)
+    return OnnxRuntimeModel(path)

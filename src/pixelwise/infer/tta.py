@@ -1,7 +1,7 @@
 """Test-time augmentation (TTA): average class probabilities over flipped and rescaled inputs.
 
 Every variant is a flip combination times a scale. The input is transformed, predicted
-(whole or with :func:`~pixelwise.engine.sliding.sliding_window` when a tile is given), the
+(whole or with :func:`~pixelwise.infer.sliding.sliding_window` when a tile is given), the
 logits are transformed back to the input's grid and turned into softmax probabilities, and
 the probabilities of all variants are averaged. Flips and multi-scale inputs are the
 standard TTA of semantic segmentation (e.g. DeepLab, Chen et al. 2017, "Rethinking Atrous

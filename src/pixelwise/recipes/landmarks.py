@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import ConfigError
-from .models import SegmentationOutput
+from ..errors import ConfigError
+from ..models import SegmentationOutput
 
 __all__ = ["gaussian_heatmaps", "decode_heatmaps", "pck", "SyntheticLandmarks", "LANDMARK_NAMES",
            "heatmap_loss", "train_landmarks", "evaluate_landmarks"]

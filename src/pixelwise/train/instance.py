@@ -1,12 +1,10 @@
-"""Training loop for instance segmentation models (Mask R-CNN), reading top to bottom like
-the semantic loop: data, model, optimiser, schedule, then epochs of steps with COCO
-validation and atomic checkpoints. ``pixelwise train`` comes here when ``model.name`` is
-an instance model (``registry.INSTANCE_MODELS``).
+"""Training loop for instance segmentation models (Mask R-CNN): data, model, optimiser,
+schedule, then epochs of steps with COCO validation and atomic checkpoints. What is
+particular to the task (model, dataset, evaluation) comes from :mod:`pixelwise.tasks.instance`.
 
 The run folder holds ``config.yaml``, ``log.csv`` (every ``log_every`` steps: each of the
 model's losses, the LR and images/s), ``metrics.csv`` (per validation: box and mask AP),
-``last/`` (resumable) and ``best/`` (highest validation mask AP). Checkpoints are
-``config.json`` + ``model.safetensors`` like every pixelwise model, written atomically.
+``last/`` (resumable) and ``best/`` (highest validation mask AP).
 """
 
 from __future__ import annotations
@@ -19,86 +17,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import config as config_mod
 from ..bf16_guard import guard_for_training
 from ..config import ExperimentCfg
-from ..data.instances import InstanceEpochSeeded, InstanceTransform, instance_collate
+from ..data.instances import InstanceEpochSeeded, instance_collate
 from ..errors import ConfigError, TrainingError
-from ..models.maskrcnn import create_instance_model
-from ..registry import DATASETS, INSTANCE_MODELS, lookup
+from ..hub import save_model
+from ..metrics.coco import STATS
 from ..runtime import autocast, resolve_device, seed_everything
-from .checkpoint import (
-    CONFIG,
-    WEIGHTS,
-    load_checkpoint,
-    resolve,
-    save_checkpoint,
-    save_model,
+from ..tasks.instance import (
+    build_instance_dataset,
+    build_instance_model,
+    evaluate_instances,
+    instance_class_names,
+    instance_meta,
 )
-from .instance_eval import STATS, evaluate_instances
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loaders import EPOCH_SEED_STRIDE
 from .logging import append_csv, truncate_csv
 from .optim import build_optimizer
 from .schedule import make_schedule
-from .train import model_kwargs
 
-__all__ = [
-    "build_instance_dataset",
-    "build_instance_model",
-    "instance_class_names",
-    "is_instance_model",
-    "load_instance_model",
-    "train_instances",
-]
-
-
-def is_instance_model(name: str) -> bool:
-    """Whether ``name`` is an instance segmentation model (trained and evaluated here)."""
-    return name in INSTANCE_MODELS
-
-
-def build_instance_model(cfg: ExperimentCfg) -> nn.Module:
-    """``create_instance_model`` from the ``model`` section; classes and normalisation from ``data``."""
-    kwargs = model_kwargs(cfg, image_mean=list(cfg.data.mean), image_std=list(cfg.data.std))
-    return create_instance_model(cfg.model.name, **kwargs)
-
-
-def build_instance_dataset(cfg: ExperimentCfg, split: str, *, train: bool) -> Dataset:
-    """The ``split`` of ``data.dataset`` with an :class:`InstanceTransform` (scale + flips when training)."""
-    try:
-        builder = lookup(DATASETS, cfg.data.dataset, "dataset")
-    except KeyError as err:
-        raise ConfigError(f"data.dataset: {err.args[0]}") from None
-    transform = InstanceTransform(train=train and cfg.data.augment != "none")
-    return builder(cfg.data, split, train=train, transform=transform)
-
-
-def instance_class_names(cfg: ExperimentCfg, dataset: Dataset | None = None) -> list[str]:
-    """``data.class_names``, else the dataset's ``class_names``, else ``class_0..``; index 0 is background."""
-    names = cfg.data.class_names or getattr(dataset, "class_names", None)
-    names = list(names) if names is not None else [f"class_{i}" for i in range(cfg.data.num_classes)]
-    if len(names) != cfg.data.num_classes:
-        raise ConfigError(f"{len(names)} class names {names} but data.num_classes is {cfg.data.num_classes}; "
-                          f"they must match (background included)")
-    return [str(n) for n in names]
-
-
-def load_instance_model(folder: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a saved instance model (no network, no pickle). Returns ``(model in eval mode, config)``."""
-    folder = resolve(folder)
-    config = json.loads((folder / CONFIG).read_text())
-    name = config.get("model", {}).get("name")
-    if not is_instance_model(str(name)):
-        raise ConfigError(f"{str(folder)!r} holds a {name!r} model, not an instance model "
-                          f"({', '.join(sorted(INSTANCE_MODELS))}); load it with "
-                          f"pixelwise.engine.checkpoint.load_model")
-    model = create_instance_model(**config["model"])
-    model.load_state_dict(load_file(str(folder / WEIGHTS)))
-    return model.to(device).eval(), config
+__all__ = ["train_instances"]
 
 
 def _loaders(cfg: ExperimentCfg) -> tuple[DataLoader, DataLoader, list[str]]:
@@ -113,13 +57,6 @@ def _loaders(cfg: ExperimentCfg) -> tuple[DataLoader, DataLoader, list[str]]:
                        generator=torch.Generator(), **common)
     val = DataLoader(val_ds, batch_size=d.batch_size, shuffle=False, **common)
     return train, val, instance_class_names(cfg, val_ds)
-
-
-def _meta(cfg: ExperimentCfg, names: list[str]) -> dict[str, Any]:
-    return {"task": "instance",
-            "data": {"num_classes": cfg.data.num_classes, "class_names": names, "mean": cfg.data.mean,
-                     "std": cfg.data.std},
-            "experiment": config_mod.to_dict(cfg)}
 
 
 def train_instances(cfg: ExperimentCfg, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -147,7 +84,7 @@ def train_instances(cfg: ExperimentCfg, *, resume: bool = False, progress: bool 
         optimizer, make_schedule(t.schedule, total_steps=total_steps, warmup_steps=t.warmup_steps,
                                  power=t.poly_power))
     scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
-    meta = _meta(cfg, names)
+    meta = instance_meta(cfg, names)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "best_mask_ap": -1.0, "history": []}
     if resume:
         if not (out / "last").exists() and not (out / ".last.old").exists():
@@ -164,8 +101,8 @@ def train_instances(cfg: ExperimentCfg, *, resume: bool = False, progress: bool 
     for epoch in itertools.count(state["epoch"]):
         model.train()
         # Shuffle and augmentation seeded from (seed, epoch): a resumed run replays them.
-        train_loader.generator.manual_seed(t.seed * 100_003 + epoch)
-        train_loader.dataset.set_epoch_seed(t.seed * 100_003 + epoch)
+        train_loader.generator.manual_seed(t.seed * EPOCH_SEED_STRIDE + epoch)
+        train_loader.dataset.set_epoch_seed(t.seed * EPOCH_SEED_STRIDE + epoch)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{max(epochs, epoch + 1)}", disable=not progress, leave=False)
         seen, tic = 0, time.perf_counter()
         for images, targets in bar:

@@ -1,7 +1,7 @@
 """Box-supervised training: train on pseudo-masks, predict, refine them inside the boxes, repeat.
 
 The loop of BoxSup (Dai et al., ICCV 2015) with the box constraints and reset rule of
-Simple Does It (Khoreva et al., CVPR 2017); see :mod:`pixelwise.weak.boxes` for the label
+Simple Does It (Khoreva et al., CVPR 2017); see :mod:`pixelwise.recipes.weak.boxes` for the label
 side. The training loop here is deliberately small and in-memory (the whole training set
 is an array): it is a recipe and a measurement tool, not a replacement for
 ``pixelwise train``. Pseudo-masks made here can also be written to disk as PNG masks and
@@ -18,17 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError, PixelwiseError, TrainingError
-from ..metrics import ConfusionMatrix
-from ..runtime import autocast
-from .boxes import (
-    IGNORE,
-    PSEUDO_MODES,
-    box_object_masks,
-    boxes_from_mask,
-    paint_boxes,
-    refine_pseudo_mask,
-)
+from ...errors import DataError, PixelwiseError, TrainingError
+from ...metrics import ConfusionMatrix
+from ...runtime import autocast
+from .boxes import IGNORE, PSEUDO_MODES, box_object_masks, boxes_from_mask, paint_boxes, refine_pseudo_mask
 
 __all__ = ["BoxTrainingResult", "fit", "predict", "pseudo_label_scores", "synthetic_arrays", "train_from_boxes"]
 
@@ -51,7 +44,7 @@ class BoxTrainingResult:
 def synthetic_arrays(num_samples: int, *, image_size: int = 64, seed: int = 0,
                      max_objects: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """``(images (N, S, S, 3) uint8, masks (N, S, S) int64)`` from :class:`SyntheticShapes`."""
-    from ..data.synthetic import SyntheticShapes
+    from ...data.synthetic import SyntheticShapes
 
     data = SyntheticShapes(num_samples, image_size=image_size, seed=seed, max_objects=max_objects)
     pairs = [data.generate(i) for i in range(num_samples)]

@@ -1,0 +1,121 @@
+"""The instance segmentation task (Mask R-CNN): what differs from other tasks and nothing else.
+
+Build the network from a config, the dataset of a split with its transform, the class
+names, the saved-model metadata, and COCO box + mask AP evaluation. The training loop in
+:mod:`pixelwise.train.instance` and prediction in :mod:`pixelwise.infer.instance` use these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .. import config as config_mod
+from ..config import ExperimentCfg
+from ..data.instances import InstanceTransform
+from ..errors import ConfigError
+from ..hub import load_model, read_config
+from ..metrics.coco import STATS, coco_evaluate, coco_ground_truth, coco_results
+from ..models.maskrcnn import create_instance_model
+from ..registry import DATASETS, INSTANCE_MODELS, lookup
+from ..runtime import autocast
+from .semantic import model_kwargs
+
+__all__ = [
+    "build_instance_dataset",
+    "build_instance_model",
+    "instance_class_names",
+    "is_instance_model",
+    "load_instance_model",
+    "evaluate_instances",
+    "format_scores",
+    "instance_meta",
+]
+
+
+def is_instance_model(name: str) -> bool:
+    """Whether ``name`` is an instance segmentation model (trained and evaluated here)."""
+    return name in INSTANCE_MODELS
+
+
+def build_instance_model(cfg: ExperimentCfg) -> nn.Module:
+    """``create_instance_model`` from the ``model`` section; classes and normalisation from ``data``."""
+    kwargs = model_kwargs(cfg, image_mean=list(cfg.data.mean), image_std=list(cfg.data.std))
+    return create_instance_model(cfg.model.name, **kwargs)
+
+
+def build_instance_dataset(cfg: ExperimentCfg, split: str, *, train: bool) -> Dataset:
+    """The ``split`` of ``data.dataset`` with an :class:`InstanceTransform` (scale + flips when training)."""
+    try:
+        builder = lookup(DATASETS, cfg.data.dataset, "dataset")
+    except KeyError as err:
+        raise ConfigError(f"data.dataset: {err.args[0]}") from None
+    transform = InstanceTransform(train=train and cfg.data.augment != "none")
+    return builder(cfg.data, split, train=train, transform=transform)
+
+
+def instance_class_names(cfg: ExperimentCfg, dataset: Dataset | None = None) -> list[str]:
+    """``data.class_names``, else the dataset's ``class_names``, else ``class_0..``; index 0 is background."""
+    names = cfg.data.class_names or getattr(dataset, "class_names", None)
+    names = list(names) if names is not None else [f"class_{i}" for i in range(cfg.data.num_classes)]
+    if len(names) != cfg.data.num_classes:
+        raise ConfigError(f"{len(names)} class names {names} but data.num_classes is {cfg.data.num_classes}; "
+                          f"they must match (background included)")
+    return [str(n) for n in names]
+
+
+def load_instance_model(folder: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """:func:`pixelwise.hub.load_model` that refuses a semantic model. Returns ``(model in eval mode, config)``."""
+    config = read_config(folder)
+    name = config.get("model", {}).get("name")
+    if not is_instance_model(str(name)):
+        raise ConfigError(f"{str(folder)!r} holds a {name!r} model, not an instance model "
+                          f"({', '.join(sorted(INSTANCE_MODELS))}); load it with pixelwise.load")
+    return load_model(folder, device=device)
+
+
+def instance_meta(cfg: ExperimentCfg, names: list[str]) -> dict[str, Any]:
+    return {"task": "instance",
+            "data": {"num_classes": cfg.data.num_classes, "class_names": names, "mean": cfg.data.mean,
+                     "std": cfg.data.std},
+            "experiment": config_mod.to_dict(cfg)}
+
+
+@torch.no_grad()
+def evaluate_instances(model: nn.Module, loader: DataLoader, *, class_names: list[str],
+                       device: torch.device | str = "cpu", amp: str = "none", mask_threshold: float = 0.5,
+                       progress: bool = True) -> dict[str, dict[str, float]]:
+    """COCO box and mask AP of ``model`` on ``loader`` (batches from ``instance_collate``).
+
+    Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}}``.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    targets, sizes, results = [], [], []
+    for images, batch_targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        with autocast(device, amp):
+            outputs = model([image.to(device) for image in images])
+        for image, target, out in zip(images, batch_targets, outputs):
+            # Our own running id: a dataset's ids need not be unique across splits or shards.
+            target = {**target, "image_id": len(targets) + 1}
+            targets.append(target)
+            sizes.append(tuple(image.shape[-2:]))
+            results += coco_results(target["image_id"], out.boxes.float(), out.labels, out.scores.float(),
+                                    out.masks.float(), mask_threshold=mask_threshold)
+    model.train(was_training)
+    return coco_evaluate(coco_ground_truth(targets, sizes, class_names), results)
+
+
+def format_scores(scores: dict[str, dict[str, float]]) -> str:
+    """A small text table: one row per IoU type, one column per COCO statistic."""
+    lines = [f"{'':6s}" + "".join(f"{name:>8s}" for name in STATS)]
+    for iou_type, label in (("bbox", "box"), ("segm", "mask")):
+        if iou_type in scores:
+            lines.append(f"{label:6s}" + "".join(f"{scores[iou_type][name]:8.4f}" for name in STATS))
+    return "\n".join(lines)
