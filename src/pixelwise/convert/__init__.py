@@ -5,6 +5,8 @@ imported), builds the pixelwise model, loads the renamed weights strictly and wr
 folder that ``pixelwise eval / predict / export / serve`` and ``model.init_from`` use.
 
 Sources:
+    torchvision: a state-dict file of torchvision.models.segmentation (fcn_resnet50/101,
+          deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large).
     hf:   a transformers model folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``):
           SegformerForSemanticSegmentation, UperNetForSemanticSegmentation (ConvNeXt), DPTForSemanticSegmentation.
 """
@@ -19,11 +21,12 @@ from torch import Tensor, nn
 from ..encoders import load_state_file
 from ..errors import ConfigError
 from . import hf
+from . import torchvision as tv
 from .keymap import load_into
 
 __all__ = ["SOURCES", "convert", "convert_state", "build_converted"]
 
-SOURCES = ("hf",)
+SOURCES = ("torchvision", "hf")
 
 
 def build_converted(kwargs: dict, name: str, state: dict[str, Tensor], *, source: str) -> nn.Module:
@@ -46,6 +49,9 @@ def convert_state(source: str, state: dict[str, Tensor], config: dict) -> nn.Mod
         name, fn = hf.ARCHITECTURES[arch]
         kwargs, renamed = fn(config, state)
         return build_converted(kwargs, name, renamed, source=f"transformers {arch}")
+    if source == "torchvision":
+        name, kwargs, renamed = tv.convert(state)
+        return build_converted(kwargs, name, renamed, source=f"torchvision {name}")
     raise ConfigError(f"unknown conversion source {source!r}; valid: {', '.join(SOURCES)}")
 
 
@@ -96,9 +102,11 @@ def convert(src: str | Path, *, source: str, out: str | Path) -> Path:
     src = Path(src)
     if source == "hf":
         config, state = _read_hf(src)
+    elif source == "torchvision":
+        config, state = {}, load_state_file(src)
     else:
         raise ConfigError(f"unknown conversion source {source!r}; valid: {', '.join(SOURCES)}")
     model = convert_state(source, state, config)
     num_classes = int(model.config["num_classes"])
-    data = _hf_data(src, config, num_classes)
+    data = _hf_data(src, config, num_classes) if source == "hf" else data_section(num_classes)
     return save_model(model, out, {"data": data, "converted_from": {"source": source, "path": str(src)}})
