@@ -7,6 +7,7 @@ folder that ``pixelwise eval / predict / export / serve`` and ``model.init_from`
 Sources:
     torchvision: a state-dict file of torchvision.models.segmentation (fcn_resnet50/101,
           deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large).
+    smp:  a folder written by smp's ``save_pretrained`` (config.json with ``_model_class``): Unet, Segformer.
     hf:   a transformers model folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``):
           SegformerForSemanticSegmentation, UperNetForSemanticSegmentation (ConvNeXt), DPTForSemanticSegmentation.
 """
@@ -20,13 +21,13 @@ from torch import Tensor, nn
 
 from ..encoders import load_state_file
 from ..errors import ConfigError
-from . import hf
+from . import hf, smp
 from . import torchvision as tv
 from .keymap import load_into
 
 __all__ = ["SOURCES", "convert", "convert_state", "build_converted"]
 
-SOURCES = ("torchvision", "hf")
+SOURCES = ("torchvision", "smp", "hf")
 
 
 def build_converted(kwargs: dict, name: str, state: dict[str, Tensor], *, source: str) -> nn.Module:
@@ -49,6 +50,12 @@ def convert_state(source: str, state: dict[str, Tensor], config: dict) -> nn.Mod
         name, fn = hf.ARCHITECTURES[arch]
         kwargs, renamed = fn(config, state)
         return build_converted(kwargs, name, renamed, source=f"transformers {arch}")
+    if source == "smp":
+        arch = config.get("_model_class")
+        if arch not in smp.ARCHITECTURES:
+            raise ConfigError(f"smp model {arch!r} is not converted yet; supported: {', '.join(smp.ARCHITECTURES)}")
+        name, kwargs, renamed = smp.ARCHITECTURES[arch](config, state)
+        return build_converted(kwargs, name, renamed, source=f"smp {arch}")
     if source == "torchvision":
         name, kwargs, renamed = tv.convert(state)
         return build_converted(kwargs, name, renamed, source=f"torchvision {name}")
@@ -91,6 +98,16 @@ def _hf_data(src: Path, config: dict, num_classes: int) -> dict:
     return data_section(num_classes, class_names=names, mean=mean, std=std)
 
 
+def _read_smp(src: Path) -> tuple[dict, dict[str, Tensor]]:
+    if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
+        raise ConfigError(f"{str(src)!r} is not an smp save_pretrained folder (config.json + model.safetensors)")
+    config = json.loads((src / "config.json").read_text())
+    if config.get("_model_class") not in smp.ARCHITECTURES:
+        raise ConfigError(f"smp model {config.get('_model_class')!r} in {str(src)!r} is not converted yet; "
+                          f"supported: {', '.join(smp.ARCHITECTURES)}")
+    return config, load_state_file(src / "model.safetensors")
+
+
 def convert(src: str | Path, *, source: str, out: str | Path) -> Path:
     """Convert the checkpoint at ``src`` (see the module docstring) and write a model folder at ``out``.
 
@@ -104,6 +121,8 @@ def convert(src: str | Path, *, source: str, out: str | Path) -> Path:
         config, state = _read_hf(src)
     elif source == "torchvision":
         config, state = {}, load_state_file(src)
+    elif source == "smp":
+        config, state = _read_smp(src)
     else:
         raise ConfigError(f"unknown conversion source {source!r}; valid: {', '.join(SOURCES)}")
     model = convert_state(source, state, config)

@@ -97,10 +97,11 @@ class MixFFN(nn.Module):
 class MiTBlock(nn.Module):
     """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + MixFFN(LN(x))`` (stochastic depth in training)."""
 
-    def __init__(self, dim: int, heads: int, *, ratio: int, mlp_ratio: int, eps: float, drop_path: float) -> None:
+    def __init__(self, dim: int, heads: int, *, ratio: int, mlp_ratio: int, eps: float, drop_path: float,
+                 sr_eps: float | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = EfficientSelfAttention(dim, heads, ratio=ratio, eps=eps)
+        self.attn = EfficientSelfAttention(dim, heads, ratio=ratio, eps=sr_eps if sr_eps is not None else eps)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.ffn = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = drop_path
@@ -120,11 +121,11 @@ class MiTStage(nn.Module):
     """Overlapping patch embedding, ``depth`` blocks, LayerNorm: ``(N, C, H, W)`` -> ``(N, D, h, w)``."""
 
     def __init__(self, in_channels: int, dim: int, *, depth: int, heads: int, ratio: int, kernel: int, stride: int,
-                 mlp_ratio: int, eps: float, drop_paths: list[float]) -> None:
+                 mlp_ratio: int, eps: float, embed_eps: float, drop_paths: list[float]) -> None:
         super().__init__()
-        self.embed = OverlapPatchEmbed(in_channels, dim, kernel=kernel, stride=stride, eps=eps)
-        self.blocks = nn.ModuleList(MiTBlock(dim, heads, ratio=ratio, mlp_ratio=mlp_ratio, eps=eps, drop_path=p)
-                                    for p in drop_paths)
+        self.embed = OverlapPatchEmbed(in_channels, dim, kernel=kernel, stride=stride, eps=embed_eps)
+        self.blocks = nn.ModuleList(MiTBlock(dim, heads, ratio=ratio, mlp_ratio=mlp_ratio, eps=eps, sr_eps=embed_eps,
+                                             drop_path=p) for p in drop_paths)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -141,12 +142,14 @@ class MixTransformer(nn.Module):
     Args:
         dims, depths, heads, ratios: per stage (Table 6: heads 1/2/5/8, ratios 8/4/2/1).
         layer_norm_eps: 1e-6 as in the paper's code and MMSegmentation; 1e-5 in transformers' port.
+        embed_eps: epsilon of the patch-embedding and key/value-reduction LayerNorms (default
+            ``layer_norm_eps``); the paper's code (and smp, which ports it) leaves those at 1e-5.
         drop_path_rate: stochastic depth, rising linearly over all blocks (0.1 in the paper's training).
     """
 
     def __init__(self, *, in_channels: int = 3, dims: list[int], depths: list[int], heads: list[int] = (1, 2, 5, 8),
                  ratios: list[int] = (8, 4, 2, 1), mlp_ratio: int = 4, layer_norm_eps: float = 1e-6,
-                 drop_path_rate: float = 0.0) -> None:
+                 drop_path_rate: float = 0.0, embed_eps: float | None = None) -> None:
         super().__init__()
         if not (len(dims) == len(depths) == len(heads) == len(ratios) == 4):
             raise ConfigError(f"MiT needs 4 stages: dims {dims}, depths {depths}, heads {heads}, ratios {ratios}")
@@ -156,7 +159,8 @@ class MixTransformer(nn.Module):
         for i in range(4):
             stages.append(MiTStage(channels, dims[i], depth=depths[i], heads=heads[i], ratio=ratios[i],
                                    kernel=7 if i == 0 else 3, stride=4 if i == 0 else 2, mlp_ratio=mlp_ratio,
-                                   eps=layer_norm_eps, drop_paths=rates[start:start + depths[i]]))
+                                   eps=layer_norm_eps, embed_eps=embed_eps if embed_eps is not None else layer_norm_eps,
+                                   drop_paths=rates[start:start + depths[i]]))
             start += depths[i]
             channels = dims[i]
         self.stages = nn.ModuleList(stages)

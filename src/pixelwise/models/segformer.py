@@ -51,12 +51,14 @@ class AllMLPDecoder(nn.Module):
 def segformer(*, num_classes: int, in_channels: int = 3, encoder: str = "mit_b0", encoder_weights: str | None = None,
               decoder_channels: int | None = None, dropout: float = 0.1, layer_norm_eps: float = 1e-6,
               drop_path_rate: float = 0.1, proj_norm: bool = False,
-              encoder_config: dict | None = None, pad_multiple: int = 1) -> SegmentationModel:
+              encoder_config: dict | None = None, pad_multiple: int = 1,
+              upsample_align_corners: bool = False) -> SegmentationModel:
     """SegFormer (Xie et al. 2021): MiT-B0...B5 encoder + all-MLP decoder (256 channels for B0/B1, 768 for B2-B5).
 
     ``encoder`` is ``mit_b0`` ... ``mit_b5`` or any other encoder with four levels (then
     ``decoder_channels`` defaults to 256). ``encoder_config`` overrides MiT's ``dims``, ``depths``,
     ``heads``, ``ratios`` (tiny test networks). ``layer_norm_eps`` is the MiT LayerNorm epsilon.
+    ``upsample_align_corners=True`` is smp's final 4× upsampling.
     """
     if encoder in MIT_SIZES:
         enc = build_mit(encoder, in_channels=in_channels, weights=encoder_weights, layer_norm_eps=layer_norm_eps,
@@ -69,4 +71,5 @@ def segformer(*, num_classes: int, in_channels: int = 3, encoder: str = "mit_b0"
         default = 256
     dec = AllMLPDecoder(enc.out_channels, channels=decoder_channels or default, proj_norm=proj_norm)
     head = nn.Sequential(nn.Dropout(dropout) if dropout else nn.Identity(), nn.Conv2d(dec.out_channels, num_classes, 1))
-    return SegmentationModel(enc, dec, head, pad_multiple=pad_multiple if encoder in MIT_SIZES else None)
+    return SegmentationModel(enc, dec, head, pad_multiple=pad_multiple if encoder in MIT_SIZES else None,
+                             upsample_align_corners=upsample_align_corners)

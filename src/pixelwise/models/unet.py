@@ -65,11 +65,12 @@ class UpBlock(nn.Module):
         if upsampling == "transposed" and scale == 2:
             self.up: nn.Module = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
             conv_in = out_channels + skip_channels
-        elif upsampling in ("transposed", "bilinear"):
+        elif upsampling in ("transposed", "bilinear", "nearest"):
             self.up = nn.Identity()
             conv_in = in_channels + skip_channels
         else:
-            raise ValueError(f"upsampling must be 'transposed' or 'bilinear', got {upsampling!r}")
+            raise ValueError(f"upsampling must be 'transposed', 'bilinear' or 'nearest', got {upsampling!r}")
+        self.mode = "nearest" if upsampling == "nearest" else "bilinear"
         self.conv = make_block(block, conv_in, out_channels, norm=norm)
 
     def forward(self, x: Tensor, skip: Tensor | None, size: tuple[int, int]) -> Tensor:
@@ -78,7 +79,8 @@ class UpBlock(nn.Module):
         if isinstance(self.up, nn.ConvTranspose2d):
             x = self.up(x)
         if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = (F.interpolate(x, size=size, mode="nearest") if self.mode == "nearest"
+                 else F.interpolate(x, size=size, mode="bilinear", align_corners=False))
         if skip is not None:
             x = torch.cat([skip, x], dim=1)
         return self.conv(x)
@@ -126,7 +128,7 @@ class UNetDecoder(nn.Module):
 
 def _unet(num_classes: int, in_channels: int, encoder: str | None, encoder_weights: str | None,
           base_channels: int, depth: int, norm: str | None, decoder_channels: list[int] | None,
-          upsampling: str | None, block: str, attention: bool) -> SegmentationModel:
+          upsampling: str | None, block: str, attention: bool, head_kernel: int = 1) -> SegmentationModel:
     if encoder is None:
         if encoder_weights is not None:
             raise ValueError("encoder_weights needs an encoder; the paper's U-Net has no pretrained encoder")
@@ -141,22 +143,23 @@ def _unet(num_classes: int, in_channels: int, encoder: str | None, encoder_weigh
             decoder_channels = [256, 128, 64, 32, 16, 8][: len(enc.reductions) - 1 + _log2(enc.reductions[0])]
         dec = UNetDecoder(enc.out_channels, enc.reductions, list(decoder_channels),
                           upsampling=upsampling or "bilinear", norm=norm or "batch", block=block, attention=attention)
-    return SegmentationModel(enc, dec, SegmentationHead(dec.out_channels, num_classes))
+    return SegmentationModel(enc, dec, SegmentationHead(dec.out_channels, num_classes, kernel_size=head_kernel))
 
 
 @register(MODELS, "unet")
 def unet(*, num_classes: int, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None,
          base_channels: int = 64, depth: int = 4, norm: str | None = None, decoder_channels: list[int] | None = None,
-         upsampling: str | None = None) -> SegmentationModel:
+         upsampling: str | None = None, head_kernel: int = 1) -> SegmentationModel:
     """U-Net (Ronneberger et al. 2015). ``encoder=None``: the paper's network.
 
     Paper configuration: ``base_channels=64, depth=4`` (64 -> 1024 channels), no
     normalisation and transposed 2×2 up-convolutions; ``norm="batch"`` is the common modern
     variant. With an encoder (timm name, ``tv:NAME`` or ``vgg16``) the decoder has
     ``decoder_channels`` (default 256, 128, 64, 32, 16), batch norm and bilinear upsampling.
+    ``upsampling="nearest"`` and ``head_kernel=3`` are smp's U-Net decoder and head (``convert --from smp``).
     """
     return _unet(num_classes, in_channels, encoder, encoder_weights, base_channels, depth, norm, decoder_channels,
-                 upsampling, "double", False)
+                 upsampling, "double", False, head_kernel)
 
 
 def _register_variant(name: str, block: str, attention: bool, doc: str) -> None:
