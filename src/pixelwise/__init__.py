@@ -10,7 +10,7 @@ Public API::
 from __future__ import annotations
 
 from . import losses
-from .compat import FPN, DeepLabV3, DeepLabV3Plus, PSPNet, Unet, UnetPlusPlus
+from .compat import DPT, FPN, DeepLabV3, DeepLabV3Plus, PSPNet, Segformer, Unet, UnetPlusPlus, UPerNet
 from .engine.checkpoint import load_model as load
 from .engine.checkpoint import save_model as save
 from .models import create_model, list_models
@@ -20,4 +20,4 @@ __version__ = "0.1.0"
 
 __all__ = ["create_model", "list_models", "load", "save", "losses", "Segmenter", "SegmentResult", "__version__",
            # segmentation_models.pytorch-style constructors (pixelwise.compat)
-           "Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus"]
+           "Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Segformer", "UPerNet", "DPT"]

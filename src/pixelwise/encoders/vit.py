@@ -35,7 +35,7 @@ def is_vit(name: str) -> bool:
 
     if not timm.is_model(name):
         return False
-    return timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1] in VIT_MODULES
+    return timm.models.model_entrypoint(name.split(".")[0]).__module__.rsplit(".", 1)[-1] in VIT_MODULES
 
 
 class ViTTokens(nn.Module):
