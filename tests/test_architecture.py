@@ -16,7 +16,7 @@ PACKAGE = SRC / "pixelwise"
 FLOORS: list[tuple[str, ...]] = [
     ("errors", "registry", "optional", "config", "runtime", "bf16_guard"),
     ("layers", "encoders", "models", "losses", "metrics", "data", "postprocess", "compat", "hub"),
-    ("tasks",),
+    ("tasks", "convert"),
     ("train", "infer"),
     ("export",),
     ("serve", "annotate", "recipes", "demo"),

@@ -19,7 +19,7 @@ import pytest
 
 from pixelwise import list_models
 from pixelwise.registry import INSTANCE_MODELS
-from zoo_configs import TINY, TINY_INSTANCE, TINY_VOLUMETRIC
+from zoo_configs import BF16_KNOWN_FAILURES, TINY, TINY_INSTANCE, TINY_VOLUMETRIC
 
 WORKER = Path(__file__).with_name("bf16_worker.py")
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -76,6 +76,8 @@ def test_every_registered_model_has_a_bf16_case():
 @pytest.mark.parametrize("case", ALL_CASES)
 def test_bf16_training_step_of_each_model(case):
     result = results_for(None)[case]
+    if case in BF16_KNOWN_FAILURES and result["status"] != "ok":
+        pytest.xfail(f"{BF16_KNOWN_FAILURES[case]} ({result['detail']})")
     assert result["status"] == "ok", result["detail"]
 
 

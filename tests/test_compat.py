@@ -91,3 +91,35 @@ def test_losses_accept_mode_positionally_like_smp():
                 pixelwise.losses.LovaszLoss, pixelwise.losses.TverskyLoss):
         torch.testing.assert_close(cls(pixelwise.losses.MULTICLASS_MODE)(logits, target),
                                    cls(mode="multiclass")(logits, target))
+
+
+@pytest.mark.parametrize("ctor,kwargs", [
+    (pixelwise.Segformer, {"encoder_name": "mit_b0", "decoder_segmentation_channels": 32}),
+    (pixelwise.UPerNet, {"encoder_name": "resnet18", "decoder_channels": 32}),
+    (pixelwise.DPT, {"encoder_name": "tu-deit_tiny_patch16_224.fb_in1k", "decoder_intermediate_channels": [8, 16, 32, 32],
+                     "decoder_fusion_channels": 16}),
+])
+def test_transformer_era_constructors(ctor, kwargs):
+    model = ctor(encoder_weights=None, in_channels=3, classes=2, **kwargs).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 2, 64, 96)
+
+
+def test_encoder_depth_aux_params_and_scse():
+    model = pixelwise.Unet("resnet18", encoder_depth=3, decoder_attention_type="scse", classes=2,
+                           aux_params={"classes": 4, "dropout": 0.5}).eval()
+    assert model.encoder.reductions == [2, 4, 8]
+    with torch.no_grad():
+        masks, labels = model(torch.randn(2, 3, 64, 64))
+    assert masks.shape == (2, 2, 64, 64) and labels.shape == (2, 4)
+    assert any(type(m).__name__ == "SCSE" for m in model.modules())
+    with pytest.raises(ConfigError, match="encoder_depth"):
+        pixelwise.FPN("resnet18", encoder_depth=4)
+
+
+def test_smp_own_encoder_names():
+    assert smp_encoder_name("mobilenet_v2") == "tv:mobilenet_v2"
+    assert smp_encoder_name("timm-regnetx_002") == "regnetx_002"
+    model = pixelwise.Unet("mobilenet_v2", classes=2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)

@@ -30,6 +30,19 @@ TINY = {
     "fastfcn": {"encoder": "resnet18", "jpu_channels": 16, "head_channels": 32},
     "gscnn": {"encoder": "resnet18", "channels": 32},
     "fcn_dilated": {"encoder": "resnet18"},
+    "segformer": {"encoder_config": {"dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "heads": [1, 1, 1, 2]},
+                  "decoder_channels": 16},
+    "upernet": {"encoder": "swin_tiny_patch4_window7_224", "out_norm": True, "channels": 16, "aux_channels": 8,
+                "encoder_kwargs": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}},
+    "dpt": {"encoder": "vit_small_patch16_224", "encoder_kwargs": {"embed_dim": 32, "depth": 4, "num_heads": 2},
+            "neck_channels": [8, 16, 32, 32], "fusion_channels": 16},
+}
+
+# Registered models whose CPU bf16 training step is known to differ from fp32 beyond the test's bound, with why.
+BF16_KNOWN_FAILURES = {
+    "segformer": "oneDNN bf16 gradients ~10x the ATen bf16 error at 67x93 (fine at 32x96 and with ratios 1); "
+                 "not yet narrowed to one kernel (contiguous feature maps did not help); train SegFormer in fp32 "
+                 "or CUDA bf16 until then",
 }
 
 TINY_VOLUMETRIC = {"unet3d": {"in_channels": 1, "base_channels": 4, "depth": 2}}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import export as _export  # noqa: F401  (registers the Segmenter's ONNX Runtime backends)
 from . import losses
-from .compat import FPN, DeepLabV3, DeepLabV3Plus, PSPNet, Unet, UnetPlusPlus
+from .compat import DPT, FPN, DeepLabV3, DeepLabV3Plus, PSPNet, Segformer, Unet, UnetPlusPlus, UPerNet
 from .hub import load_model as load
 from .hub import save_model as save
 from .infer.segmenter import Segmenter, SegmentResult
@@ -21,4 +21,4 @@ __version__ = "0.1.0"
 
 __all__ = ["create_model", "list_models", "load", "save", "losses", "Segmenter", "SegmentResult", "__version__",
            # segmentation_models.pytorch-style constructors (pixelwise.compat)
-           "Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus"]
+           "Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Segformer", "UPerNet", "DPT"]

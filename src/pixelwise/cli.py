@@ -230,6 +230,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    out = convert(args.src, source=args.source, out=args.out)
+    print(f"wrote {out} (config.json + model.safetensors); use it with eval/predict/export/serve "
+          f"or as model.init_from in a train config")
+    return 0
+
+
 def _cmd_separate(args: argparse.Namespace) -> int:
     from .recipes.audio import separate
 
@@ -350,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-int8-agreement", type=float, default=0.995,
                    help="fail if the int8 file's argmax agreement with the fp32 file is lower")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("convert", help="convert a checkpoint trained elsewhere into a pixelwise model folder")
+    p.add_argument("src", help="the peer's checkpoint (torchvision: a .pth state dict; smp, hf: "
+                                      "a save_pretrained folder)")
+    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "smp", "hf"],
+                   help="where the checkpoint comes from")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("separate", help="split a WAV file into source + residual with a saved audio separator")
     p.add_argument("checkpoint", help="separator folder (config.json + model.safetensors, from save_separator)")

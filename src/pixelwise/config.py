@@ -26,13 +26,19 @@ from .errors import ConfigError
 
 @dataclass
 class ModelCfg:
-    """Which network to build; ``args`` go to the architecture's constructor."""
+    """Which network to build; ``args`` go to the architecture's constructor.
+
+    ``init_from``: a saved or converted model folder (``pixelwise convert``) to fine-tune: its
+    architecture and weights are used (``name``/``encoder`` must then be left unset or agree);
+    layers whose shape changes with ``data.num_classes`` (the classifiers) start fresh.
+    """
 
     name: str = "unet"
     encoder: Union[str, None] = None
     encoder_weights: Union[str, None] = None
     in_channels: int = 3
     args: dict = field(default_factory=dict)
+    init_from: Union[str, None] = None
 
 
 @dataclass

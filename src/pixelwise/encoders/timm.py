@@ -25,12 +25,16 @@ class TimmEncoder(nn.Module):
         weights: ``None``, ``"imagenet"`` (timm download; needs a network) or a local file
             in timm's format (loaded by timm, no network).
         output_stride: 32, 16 or 8; the last stages use dilation instead of stride.
+        timm_kwargs: forwarded to ``timm.create_model`` (e.g. ``embed_dim``, ``depths`` for tiny test networks).
+
+    Swin models accept any input size (``strict_img_size=False``) and their channels-last
+    outputs are returned as ``(N, C, h, w)``.
 
     ``forward``: ``(N, in_channels, H, W)`` -> list of features, reductions e.g. ``[2, 4, 8, 16, 32]``.
     """
 
     def __init__(self, name: str, *, in_channels: int = 3, weights: str | None = None,
-                 output_stride: int = 32) -> None:
+                 output_stride: int = 32, timm_kwargs: dict | None = None) -> None:
         super().__init__()
         import timm
 
@@ -38,7 +42,7 @@ class TimmEncoder(nn.Module):
             close = timm.list_models(f"*{name}*")[:8]
             raise ConfigError(f"unknown encoder {name!r}; not a timm model name either "
                               f"(similar timm names: {close or 'none'}); see `pixelwise models`")
-        kwargs: dict = {"features_only": True, "in_chans": in_channels}
+        kwargs: dict = {"features_only": True, "in_chans": in_channels, **(timm_kwargs or {})}
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
         if weights is None:
@@ -51,11 +55,17 @@ class TimmEncoder(nn.Module):
                                   f"checkpoint or 'imagenet' to download")
             kwargs["pretrained"] = True
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+        if timm.models.model_entrypoint(name).__module__.endswith(("swin_transformer", "swin_transformer_v2")):
+            # Swin: any input size (timm pads to the window inside each block) instead of the trained size only.
+            kwargs["strict_img_size"] = False
         self.model = timm.create_model(name, **kwargs)
+        # Hierarchical transformers (Swin) return channels-last maps; decoders expect (N, C, H, W).
+        self.nhwc = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
         self.out_channels: list[int] = list(self.model.feature_info.channels())
         self.reductions: list[int] = list(self.model.feature_info.reduction())
         if output_stride != 32:
             self.reductions = [min(r, output_stride) for r in self.reductions]
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        return list(self.model(x))
+        features = list(self.model(x))
+        return [f.permute(0, 3, 1, 2) for f in features] if self.nhwc else features

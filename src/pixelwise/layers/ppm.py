@@ -59,11 +59,13 @@ class AdaptiveAvgPool(nn.Module):
 
 
 class PyramidPooling(nn.Module):
-    """``(N, C, H, W)`` -> ``(N, C + len(bins) * C // len(bins), H, W)``."""
+    """``(N, C, H, W)`` -> ``(N, C + len(bins) * C_b, H, W)``; ``C_b = channels`` or, by default
+    (PSPNet), ``C // len(bins)``. UPerNet uses a fixed ``channels`` (512)."""
 
-    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), *, norm: str = "batch") -> None:
+    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), *, norm: str = "batch",
+                 channels: int | None = None) -> None:
         super().__init__()
-        reduced = in_channels // len(bins)
+        reduced = channels or in_channels // len(bins)
         self.stages = nn.ModuleList(
             nn.Sequential(AdaptiveAvgPool(b), ConvNormAct(in_channels, reduced, 1, norm=norm)) for b in bins)
         self.out_channels = in_channels + reduced * len(bins)

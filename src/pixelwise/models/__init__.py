@@ -12,6 +12,7 @@ from . import (  # noqa: F401 - registers the architectures
     context,
     deeplab,
     dense_unet,
+    dpt,
     enet,
     fastfcn,
     fcn,
@@ -23,10 +24,12 @@ from . import (  # noqa: F401 - registers the architectures
     multiresunet,
     pspnet,
     refinenet,
+    segformer,
     segnet,
     unet,
     unet3d,
     unetplusplus,
+    upernet,
 )
 from .model import SegmentationModel, SegmentationOutput
 

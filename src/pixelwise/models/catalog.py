@@ -64,4 +64,13 @@ CATALOG: dict[str, dict] = {
     "fcn_dilated": {"paper": "torchvision fcn_resnet50 / MMSegmentation fcn_r50-d8 (after Long et al. 2015)",
                     "canonical": {"num_classes": 21},
                     "encoders": "any timm (dilated to output stride 8), tv: Bottleneck ResNets; default resnet50"},
+    "segformer": {"paper": "Xie et al., NeurIPS 2021 (arXiv:2105.15203)",
+                  "canonical": {"num_classes": 150, "encoder": "mit_b0"},
+                  "encoders": "MiT-B0..B5 (mit_b0..mit_b5), or any four-level encoder"},
+    "upernet": {"paper": "Xiao et al., ECCV 2018 (arXiv:1807.10221)",
+                "canonical": {"num_classes": 150, "encoder": "convnext_tiny", "out_norm": True},
+                "encoders": "any four-level encoder: ConvNeXt, Swin (timm), ResNets, MiT, ViT (reassembled)"},
+    "dpt": {"paper": "Ranftl et al., ICCV 2021 (arXiv:2103.13413)",
+            "canonical": {"num_classes": 150},
+            "encoders": "plain ViTs from timm (ViT, DeiT, DINOv2, EVA); default ViT-L/16 at 384"},
 }

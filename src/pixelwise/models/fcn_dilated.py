@@ -33,9 +33,13 @@ class FCNHead(nn.Module):
 @register(MODELS, "fcn_dilated")
 def fcn_dilated(*, num_classes: int, in_channels: int = 3, encoder: str = "resnet50",
                 encoder_weights: str | None = None, output_stride: int = 8, aux: bool = True,
-                aux_weight: float = 0.4) -> SegmentationModel:
-    """Dilated-ResNet FCN (torchvision ``fcn_resnet50`` / MMSegmentation ``fcn_r50-d8`` layout)."""
+                aux_weight: float = 0.4, pad_multiple: int | None = None) -> SegmentationModel:
+    """Dilated-ResNet FCN (torchvision ``fcn_resnet50`` / MMSegmentation ``fcn_r50-d8`` layout).
+
+    ``pad_multiple=1`` runs odd sizes unpadded, as torchvision does (converted weights then match exactly).
+    """
     enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights, output_stride=output_stride)
     dec = FCNHead(enc.out_channels[-1])
     aux_head = AuxHead(enc.out_channels[-2], num_classes) if aux else None
-    return SegmentationModel(enc, dec, nn.Conv2d(dec.out_channels, num_classes, 1), aux_head, aux_weight=aux_weight)
+    return SegmentationModel(enc, dec, nn.Conv2d(dec.out_channels, num_classes, 1), aux_head, aux_weight=aux_weight,
+                             pad_multiple=pad_multiple)

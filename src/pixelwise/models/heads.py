@@ -8,12 +8,13 @@ from ..layers import ConvNormAct
 
 
 class SegmentationHead(nn.Sequential):
-    """``(N, C_in, H, W)`` -> ``(N, num_classes, H, W)``: optional dropout, then a 1×1 convolution."""
+    """``(N, C_in, H, W)`` -> ``(N, num_classes, H, W)``: optional dropout, then a 1×1 convolution
+    (``kernel_size=3``: smp's 3×3 head, padded)."""
 
-    def __init__(self, in_channels: int, num_classes: int, *, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, num_classes: int, *, dropout: float = 0.0, kernel_size: int = 1) -> None:
         super().__init__(
             nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
-            nn.Conv2d(in_channels, num_classes, 1),
+            nn.Conv2d(in_channels, num_classes, kernel_size, padding=kernel_size // 2),
         )
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..encoders import adapt_input_conv, load_state_file
 from ..errors import ConfigError
-from ..registry import MODELS, register
+from ..registry import ENCODERS, MODELS, register
 from .model import SegmentationModel
 
 
@@ -92,10 +92,22 @@ class LRASPPDecoder(nn.Module):
         return self.classify_high(x) + self.classify_low(low)
 
 
+@register(ENCODERS, "tv_mobilenet_v3_large_dilated")
+def mobilenet_v3_large_dilated(*, in_channels: int = 3, weights: str | None = None,
+                               output_stride: int = 16) -> DilatedMobileNetV3:
+    """torchvision's dilated MobileNetV3-Large (output stride 16), the backbone of its LR-ASPP and DeepLabV3."""
+    if output_stride != 16:
+        raise ConfigError(f"the dilated MobileNetV3-Large has output stride 16, got output_stride={output_stride}")
+    return DilatedMobileNetV3(in_channels=in_channels, weights=weights)
+
+
 @register(MODELS, "lraspp")
 def lraspp(*, num_classes: int, in_channels: int = 3, encoder_weights: str | None = None, width_mult: float = 1.0,
-           inter_channels: int = 128) -> SegmentationModel:
-    """LR-ASPP (Howard et al., MobileNetV3, ICCV 2019, arXiv:1905.02244) on dilated MobileNetV3-Large."""
+           inter_channels: int = 128, pad_multiple: int = 16) -> SegmentationModel:
+    """LR-ASPP (Howard et al., MobileNetV3, ICCV 2019, arXiv:1905.02244) on dilated MobileNetV3-Large.
+
+    ``pad_multiple=1`` runs odd sizes unpadded, as torchvision does (its converted weights then match exactly).
+    """
     enc = DilatedMobileNetV3(in_channels=in_channels, weights=encoder_weights, width_mult=width_mult)
     dec = LRASPPDecoder(*enc.out_channels, num_classes, inter_channels=inter_channels)
-    return SegmentationModel(enc, dec, None, pad_multiple=16)
+    return SegmentationModel(enc, dec, None, pad_multiple=pad_multiple)

@@ -46,11 +46,13 @@ class SegmentationModel(nn.Module):
             already outputs class scores). Its output is resized to the input if smaller.
         aux_head: optional; maps the feature list to auxiliary logits (training only).
         aux_weight: loss weight of the auxiliary logits.
+        upsample_align_corners: the final bilinear resize with ``align_corners=True`` (smp's heads
+            upsample that way; a converted smp model sets it so its logits are smp's).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module | None = None,
                  aux_head: nn.Module | None = None, *, aux_weight: float = 0.4,
-                 pad_multiple: int | None = None) -> None:
+                 pad_multiple: int | None = None, upsample_align_corners: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -58,6 +60,7 @@ class SegmentationModel(nn.Module):
         self.aux_head = aux_head
         self.aux_weight = aux_weight
         self.pad_multiple = pad_multiple or max(encoder.reductions)
+        self.align_corners = upsample_align_corners
         self.config: dict = {}
 
     def forward(self, x: Tensor) -> Tensor | SegmentationOutput:
@@ -65,15 +68,15 @@ class SegmentationModel(nn.Module):
         x = pad_to_multiple(x, self.pad_multiple)
         size = x.shape[-2:]
         features = self.encoder(x)
-        logits = _resize_crop(self.head(self.decoder(features)), size, h, w)
+        logits = _resize_crop(self.head(self.decoder(features)), size, h, w, self.align_corners)
         if self.training and self.aux_head is not None:
-            aux = _resize_crop(self.aux_head(features), size, h, w)
+            aux = _resize_crop(self.aux_head(features), size, h, w, self.align_corners)
             return SegmentationOutput(logits, [aux], [self.aux_weight])
         return logits
 
 
-def _resize_crop(y: Tensor, padded_size, h: int, w: int) -> Tensor:
+def _resize_crop(y: Tensor, padded_size, h: int, w: int, align_corners: bool = False) -> Tensor:
     # Resize to the padded size, not the input size, so the crop stays pixel-aligned.
     if tuple(y.shape[-2:]) != tuple(padded_size):
-        y = F.interpolate(y, size=tuple(padded_size), mode="bilinear", align_corners=False)
+        y = F.interpolate(y, size=tuple(padded_size), mode="bilinear", align_corners=align_corners)
     return y[..., :h, :w]

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders import build_encoder
-from ..layers import AttentionGate, make_block
+from ..errors import ConfigError
+from ..layers import SCSE, AttentionGate, make_block
 from ..registry import MODELS, register
 from .heads import SegmentationHead
 from .model import SegmentationModel
@@ -57,7 +58,8 @@ class UpBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, *, scale: int,
-                 upsampling: str, norm: str, block: str = "double", attention: bool = False) -> None:
+                 upsampling: str, norm: str, block: str = "double", attention: bool = False,
+                 scse: bool = False) -> None:
         super().__init__()
         self.scale = scale
         # Attention U-Net: the coarse decoder feature gates the skip before concatenation.
@@ -65,12 +67,16 @@ class UpBlock(nn.Module):
         if upsampling == "transposed" and scale == 2:
             self.up: nn.Module = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
             conv_in = out_channels + skip_channels
-        elif upsampling in ("transposed", "bilinear"):
+        elif upsampling in ("transposed", "bilinear", "nearest"):
             self.up = nn.Identity()
             conv_in = in_channels + skip_channels
         else:
-            raise ValueError(f"upsampling must be 'transposed' or 'bilinear', got {upsampling!r}")
+            raise ValueError(f"upsampling must be 'transposed', 'bilinear' or 'nearest', got {upsampling!r}")
+        self.mode = "nearest" if upsampling == "nearest" else "bilinear"
         self.conv = make_block(block, conv_in, out_channels, norm=norm)
+        # smp's decoder_attention_type="scse": on the concatenation (when there is a skip) and on the output.
+        self.scse_in = SCSE(conv_in) if scse and skip_channels else None
+        self.scse_out = SCSE(out_channels) if scse else None
 
     def forward(self, x: Tensor, skip: Tensor | None, size: tuple[int, int]) -> Tensor:
         if self.gate is not None and skip is not None:
@@ -78,10 +84,14 @@ class UpBlock(nn.Module):
         if isinstance(self.up, nn.ConvTranspose2d):
             x = self.up(x)
         if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = (F.interpolate(x, size=size, mode="nearest") if self.mode == "nearest"
+                 else F.interpolate(x, size=size, mode="bilinear", align_corners=False))
         if skip is not None:
             x = torch.cat([skip, x], dim=1)
-        return self.conv(x)
+            if self.scse_in is not None:
+                x = self.scse_in(x)
+        x = self.conv(x)
+        return self.scse_out(x) if self.scse_out is not None else x
 
 
 class UNetDecoder(nn.Module):
@@ -93,7 +103,7 @@ class UNetDecoder(nn.Module):
 
     def __init__(self, encoder_channels: list[int], reductions: list[int], decoder_channels: list[int], *,
                  upsampling: str = "bilinear", norm: str = "batch", block: str = "double",
-                 attention: bool = False) -> None:
+                 attention: bool = False, scse: bool = False) -> None:
         super().__init__()
         extra = 0
         while reductions[0] > 2**extra:
@@ -108,7 +118,7 @@ class UNetDecoder(nn.Module):
         for i, target in enumerate(self.targets):
             skip = encoder_channels[len(reductions) - 2 - i] if i < len(reductions) - 1 else 0
             blocks.append(UpBlock(channels, skip, decoder_channels[i], scale=current // target,
-                                  upsampling=upsampling, norm=norm, block=block, attention=attention))
+                                  upsampling=upsampling, norm=norm, block=block, attention=attention, scse=scse))
             channels, current = decoder_channels[i], target
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = channels
@@ -126,7 +136,11 @@ class UNetDecoder(nn.Module):
 
 def _unet(num_classes: int, in_channels: int, encoder: str | None, encoder_weights: str | None,
           base_channels: int, depth: int, norm: str | None, decoder_channels: list[int] | None,
-          upsampling: str | None, block: str, attention: bool) -> SegmentationModel:
+          upsampling: str | None, block: str, attention: bool, head_kernel: int = 1,
+          decoder_attention: str | None = None, encoder_depth: int | None = None) -> SegmentationModel:
+    if decoder_attention not in (None, "scse"):
+        raise ConfigError(f"decoder_attention must be None or 'scse', got {decoder_attention!r}")
+    scse = decoder_attention == "scse"
     if encoder is None:
         if encoder_weights is not None:
             raise ValueError("encoder_weights needs an encoder; the paper's U-Net has no pretrained encoder")
@@ -134,29 +148,35 @@ def _unet(num_classes: int, in_channels: int, encoder: str | None, encoder_weigh
         enc: nn.Module = UNetEncoder(in_channels, base_channels=base_channels, depth=depth, norm=norm, block=block)
         channels = decoder_channels or enc.out_channels[-2::-1]
         dec = UNetDecoder(enc.out_channels, enc.reductions, list(channels), upsampling=upsampling or "transposed",
-                          norm=norm, block=block, attention=attention)
+                          norm=norm, block=block, attention=attention, scse=scse)
     else:
         enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights)
+        if encoder_depth is not None:
+            enc = FirstLevels(enc, encoder_depth)
         if decoder_channels is None:
             decoder_channels = [256, 128, 64, 32, 16, 8][: len(enc.reductions) - 1 + _log2(enc.reductions[0])]
         dec = UNetDecoder(enc.out_channels, enc.reductions, list(decoder_channels),
-                          upsampling=upsampling or "bilinear", norm=norm or "batch", block=block, attention=attention)
-    return SegmentationModel(enc, dec, SegmentationHead(dec.out_channels, num_classes))
+                          upsampling=upsampling or "bilinear", norm=norm or "batch", block=block, attention=attention,
+                          scse=scse)
+    return SegmentationModel(enc, dec, SegmentationHead(dec.out_channels, num_classes, kernel_size=head_kernel))
 
 
 @register(MODELS, "unet")
 def unet(*, num_classes: int, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None,
          base_channels: int = 64, depth: int = 4, norm: str | None = None, decoder_channels: list[int] | None = None,
-         upsampling: str | None = None) -> SegmentationModel:
+         upsampling: str | None = None, head_kernel: int = 1, decoder_attention: str | None = None,
+         encoder_depth: int | None = None) -> SegmentationModel:
     """U-Net (Ronneberger et al. 2015). ``encoder=None``: the paper's network.
 
     Paper configuration: ``base_channels=64, depth=4`` (64 -> 1024 channels), no
     normalisation and transposed 2×2 up-convolutions; ``norm="batch"`` is the common modern
     variant. With an encoder (timm name, ``tv:NAME`` or ``vgg16``) the decoder has
     ``decoder_channels`` (default 256, 128, 64, 32, 16), batch norm and bilinear upsampling.
+    ``upsampling="nearest"`` and ``head_kernel=3`` are smp's U-Net decoder and head (``convert --from smp``);
+    ``decoder_attention="scse"`` adds smp's scSE blocks; ``encoder_depth`` keeps the first N encoder levels.
     """
     return _unet(num_classes, in_channels, encoder, encoder_weights, base_channels, depth, norm, decoder_channels,
-                 upsampling, "double", False)
+                 upsampling, "double", False, head_kernel, decoder_attention, encoder_depth)
 
 
 def _register_variant(name: str, block: str, attention: bool, doc: str) -> None:
@@ -178,6 +198,20 @@ _register_variant("attention_unet", "double", True,
                   "Attention U-Net (Oktay et al. 2018): additive attention gates on the skip connections.")
 _register_variant("attention_r2unet", "recurrent", True,
                   "Attention R2U-Net (Alom et al. 2018 + Oktay et al. 2018): RRCNN blocks and attention gates.")
+
+
+class FirstLevels(nn.Module):
+    """The first ``depth`` features of an encoder (smp's ``encoder_depth``); same contract."""
+
+    def __init__(self, encoder: nn.Module, depth: int) -> None:
+        super().__init__()
+        if not 1 <= depth <= len(encoder.out_channels):
+            raise ConfigError(f"encoder_depth must be 1..{len(encoder.out_channels)} for this encoder, got {depth}")
+        self.body, self.depth = encoder, depth
+        self.out_channels, self.reductions = list(encoder.out_channels[:depth]), list(encoder.reductions[:depth])
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.body(x)[: self.depth]
 
 
 def _log2(n: int) -> int:

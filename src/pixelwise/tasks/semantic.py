@@ -41,8 +41,36 @@ def model_kwargs(cfg: ExperimentCfg, **extra: Any) -> dict[str, Any]:
 
 
 def build_model(cfg: ExperimentCfg) -> nn.Module:
-    """``create_model`` from the ``model`` section (plus ``data.num_classes``)."""
+    """``create_model`` from the ``model`` section (plus ``data.num_classes``), or the model folder
+    named by ``model.init_from`` (fine-tuning)."""
+    if cfg.model.init_from:
+        return init_from_folder(cfg)
     return create_model(cfg.model.name, **model_kwargs(cfg))
+
+
+def init_from_folder(cfg: ExperimentCfg) -> nn.Module:
+    """The architecture and weights of ``cfg.model.init_from`` with ``data.num_classes`` classes and
+    ``model.args`` overrides; tensors whose shape changed (the classifiers) keep their fresh init."""
+    from safetensors.torch import load_file
+
+    from ..hub import WEIGHTS, build_offline, read_config, resolve
+
+    folder = resolve(cfg.model.init_from)
+    saved = dict(read_config(folder)["model"])
+    name = saved.get("name")
+    if cfg.model.name not in (name, "unet") or (cfg.model.encoder and cfg.model.encoder != saved.get("encoder")):
+        raise ConfigError(f"model.init_from {str(folder)!r} holds a {name!r} (encoder {saved.get('encoder')!r}) but "
+                          f"model.name/encoder say {cfg.model.name!r}/{cfg.model.encoder!r}; leave them unset")
+    # Built offline like any model folder: the saved weights replace whatever a weight source would give.
+    model = build_offline({**saved, "num_classes": cfg.data.num_classes, **cfg.model.args})
+    own = model.state_dict()
+    state = load_file(str(folder / WEIGHTS))
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(keep, strict=False)
+    fresh = sorted(set(own) - set(keep))
+    if fresh:
+        print(f"init_from {folder}: {len(keep)} tensors loaded, {len(fresh)} start fresh (e.g. {fresh[:3]})")
+    return model
 
 
 def model_meta(cfg: ExperimentCfg) -> dict[str, Any]:

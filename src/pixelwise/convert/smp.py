@@ -1,0 +1,129 @@
+"""segmentation_models.pytorch (smp) checkpoints -> pixelwise: ``Unet`` and ``Segformer``.
+
+Input: the folder smp's ``save_pretrained`` writes (``config.json`` with ``_model_class`` and
+the constructor arguments, ``model.safetensors``). smp is not imported. Encoders: smp's
+ResNets (``resnet18`` ... ``resnet152``, torchvision's layout, which timm's ResNets share),
+``tu-NAME`` (smp's timm wrapper: the same ``model.*`` keys as pixelwise's timm encoder) and
+``mit_b0`` ... ``mit_b5``. What differs from pixelwise's defaults is reproduced by options:
+U-Net ``upsampling="nearest"`` and ``head_kernel=3`` (smp's decoder and head), SegFormer
+``upsample_align_corners=True`` (smp's ``nn.Upsample(align_corners=True)`` head).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .keymap import rename
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+def _encoder(config: dict) -> tuple[str, list]:
+    name = config.get("encoder_name", "resnet34")
+    if config.get("encoder_depth", 5) != 5:
+        raise ConfigError(f"smp encoder_depth={config['encoder_depth']} is not converted; only the default 5 is")
+    if name in RESNETS:
+        return name, [(r"encoder\.(.+)", r"encoder.model.\1")]
+    if name.startswith("tu-"):
+        return name[3:], [(r"encoder\.model\.(.+)", r"encoder.model.\1")]
+    raise ConfigError(f"smp encoder {name!r} is not converted yet; use resnet18..152 or a tu-NAME (timm) encoder")
+
+
+def unet(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``Unet`` -> ``create_model("unet", upsampling="nearest", head_kernel=3, ...)``."""
+    if config.get("decoder_attention_type"):
+        raise ConfigError("smp Unet with decoder_attention_type (scSE) is not converted yet")
+    if config.get("decoder_use_norm", "batchnorm") not in ("batchnorm", True):
+        raise ConfigError(f"smp decoder_use_norm={config['decoder_use_norm']!r} is not converted; batchnorm is")
+    if config.get("aux_params"):
+        raise ConfigError("smp aux_params (a classification head) has no pixelwise counterpart; drop it first")
+    if any(k.startswith("decoder.center.") for k in state):
+        raise ConfigError("smp Unet with a center block (vgg encoders) is not converted yet")
+    encoder, rules = _encoder(config)
+    decoder_channels = list(config.get("decoder_channels", [256, 128, 64, 32, 16]))
+    mode = config.get("decoder_interpolation", "nearest")
+    if mode not in ("nearest", "bilinear"):
+        raise ConfigError(f"smp decoder_interpolation={mode!r} is not converted; nearest and bilinear are")
+    kwargs = {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3)),
+              "encoder": encoder, "decoder_channels": decoder_channels, "upsampling": mode, "head_kernel": 3,
+              "norm": "batch"}
+    from ..encoders import build_encoder
+
+    widths = build_encoder(encoder, in_channels=kwargs["in_channels"]).out_channels  # shallow to deep
+    state = dict(state)
+    # smp concatenates [upsampled, skip]; pixelwise [skip, upsampled]: swap the input channels of conv1.
+    for i in range(len(widths) - 1):
+        key = f"decoder.blocks.{i}.conv1.0.weight"
+        n_up = widths[-1] if i == 0 else decoder_channels[i - 1]
+        w = state[key]
+        state[key] = torch.cat([w[:, n_up:], w[:, :n_up]], dim=1)
+    rules = rules + [
+        (r"decoder\.blocks\.(\d+)\.conv1\.([01])\.(\w+)", r"decoder.blocks.\1.conv.0.\2.\3"),
+        (r"decoder\.blocks\.(\d+)\.conv2\.([01])\.(\w+)", r"decoder.blocks.\1.conv.1.\2.\3"),
+        (r"segmentation_head\.0\.(\w+)", r"head.1.\1"),
+    ]
+    return "unet", kwargs, rename(state, rules, source="smp Unet")
+
+
+def _mit_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if not key.startswith("encoder."):
+            out[key] = value
+            continue
+        m = re.fullmatch(r"encoder\.patch_embed(\d)\.(proj|norm)\.(\w+)", key)
+        if m:
+            out[f"encoder.stages.{int(m[1]) - 1}.embed.{m[2]}.{m[3]}"] = value
+            continue
+        m = re.fullmatch(r"encoder\.norm(\d)\.(\w+)", key)
+        if m:
+            out[f"encoder.stages.{int(m[1]) - 1}.norm.{m[2]}"] = value
+            continue
+        m = re.fullmatch(r"encoder\.block(\d)\.(\d+)\.(.+)", key)
+        if not m:
+            out[key] = value  # left for rename() to report
+            continue
+        prefix, rest = f"encoder.stages.{int(m[1]) - 1}.blocks.{m[2]}", m[3]
+        if rest.startswith("attn.kv."):
+            half = value.shape[0] // 2
+            out[f"{prefix}.attn.k.{rest[8:]}"], out[f"{prefix}.attn.v.{rest[8:]}"] = value[:half], value[half:]
+            continue
+        rest = {"attn.norm.weight": "attn.sr_norm.weight", "attn.norm.bias": "attn.sr_norm.bias"}.get(rest, rest)
+        rest = rest.replace("mlp.dwconv.dwconv.", "ffn.dwconv.").replace("mlp.", "ffn.")
+        out[f"{prefix}.{rest}"] = value
+    return out
+
+
+def segformer(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``Segformer`` (MiT encoder) -> ``create_model("segformer", upsample_align_corners=True, ...)``."""
+    name = config.get("encoder_name", "mit_b0")
+    if not re.fullmatch(r"mit_b[0-5]", name):
+        raise ConfigError(f"smp Segformer with encoder {name!r} is not converted yet; mit_b0..mit_b5 are")
+    if config.get("encoder_depth", 5) != 5 or config.get("upsampling", 4) != 4:
+        raise ConfigError("only smp Segformer's defaults encoder_depth=5, upsampling=4 are converted")
+    channels = int(config.get("decoder_segmentation_channels", 256))
+    kwargs = {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3)),
+              "encoder": name, "decoder_channels": channels, "layer_norm_eps": 1e-6, "upsample_align_corners": True,
+              "encoder_config": {"embed_eps": 1e-5}}
+    state = _mit_state(state)
+    levels = 4
+    rules = [
+        (r"(encoder\.stages\..+)", r"\1"),
+        (r"decoder\.fuse_stage\.([01])\.(\w+)", r"decoder.fuse.\1.\2"),
+        (r"segmentation_head\.0\.(\w+)", r"head.1.\1"),
+    ]
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"decoder\.mlp_stage\.(\d)\.linear\.(\w+)", key)
+        if m:  # smp lists the projections deepest first
+            out[f"decoder.proj.{levels - 1 - int(m[1])}.0.{m[2]}"] = value[:, :, None, None] if m[2] == "weight" else value
+        else:
+            out[key] = value
+    return "segformer", kwargs, rename(out, rules + [(r"(decoder\.proj\..+)", r"\1")], source="smp Segformer")
+
+
+ARCHITECTURES = {"Unet": unet, "Segformer": segformer}

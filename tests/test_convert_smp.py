@@ -1,0 +1,44 @@
+"""segmentation_models.pytorch -> pixelwise: smp models with random weights built here, saved with smp's
+save_pretrained, converted, logits compared (max abs difference < 1e-4). smp needs inputs divisible by 32,
+so the sizes are non-square multiples of 32; the converted models also run odd sizes (padded)."""
+
+import pytest
+import torch
+
+from convert_helpers import max_diff, randomise
+from pixelwise.convert import convert
+from pixelwise.hub import load_model
+
+smp = pytest.importorskip("segmentation_models_pytorch",
+                          reason="segmentation_models_pytorch (dev extra) builds the reference models")
+
+SIZES = [(64, 96), (160, 128)]
+
+
+def _check(ref, tmp_path, sizes=SIZES):
+    ref.save_pretrained(tmp_path / "peer")
+    model, _ = load_model(convert(tmp_path / "peer", source="smp", out=tmp_path / "out"))
+    for size in sizes:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            diff, scale = max_diff(ref(x), model(x), size)
+        assert scale > 1e-2 and diff < 1e-4, (size, diff, scale)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 67, 93)).shape[-2:] == (67, 93)
+    return model
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "tu-resnet18"])
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_unet(encoder, interpolation, tmp_path):
+    torch.manual_seed(0)
+    ref = smp.Unet(encoder_name=encoder, encoder_weights=None, classes=3, decoder_interpolation=interpolation,
+                   decoder_channels=[32, 16, 16, 8, 8])
+    model = _check(randomise(ref, std=0.05), tmp_path)
+    assert model.config["upsampling"] == interpolation and model.config["head_kernel"] == 3
+
+
+def test_segformer(tmp_path):
+    torch.manual_seed(0)
+    ref = smp.Segformer(encoder_name="mit_b0", encoder_weights=None, classes=4, decoder_segmentation_channels=32)
+    _check(randomise(ref, std=0.05), tmp_path)
