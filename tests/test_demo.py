@@ -21,7 +21,7 @@ def test_demo_writes_report_curves_and_predictions(tmp_path):
         assert (out / name).exists(), name
     page = Path(result["report"]).read_text()
     assert "mIoU" in page and "circle" in page and "star" in page
-    assert page.count("data:image/png;base64,") == 1 + 6 * 4  # curves + 6 rows of 4 images
+    assert page.count("data:image/png;base64,") == 1 + 2 + 6 * 4  # curves, confusion + class IoU, 6 rows of 4
     pred = np.array(Image.open(out / "predictions" / "val_000.png"))
     assert pred.shape == (32, 32) and pred.max() < 5
     assert Image.open(out / "curves.png").size[0] > 400

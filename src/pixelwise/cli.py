@@ -60,16 +60,34 @@ def _instance_predict(checkpoint: str, inputs: list[str], out: str, *, device: s
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import config
+    from .runtime import resolve_device
     from .train.loop import train
+    from .train.run_dir import check_fresh, resume_config
 
-    cfg = config.load(args.config, args.set)
+    if args.resume and Path(args.config).is_dir():  # the run folder itself: its own config.yaml
+        run = Path(args.config)
+        given = config.load(run / "config.yaml", [*args.set, f"train.out_dir={run}"])
+        cfg = resume_config(run, given)
+    elif args.resume:
+        given = config.load(args.config, args.set)
+        cfg = resume_config(given.train.out_dir, given)
+    else:
+        cfg = config.load(args.config, args.set)
     if _is_instance(cfg.model.name):  # Mask R-CNN: its own loop, losses and COCO metrics
+        if not args.resume:
+            check_fresh(cfg.train.out_dir, overwrite=args.overwrite)
         return _instance_train(cfg, resume=args.resume, quiet=args.quiet)
-    state = train(cfg, resume=args.resume, progress=not args.quiet)
+    state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line per job, from rank 0
         return 0
     print(f"done: {state['step']} steps, best validation mIoU {state['best_miou']:.4f}; "
           f"checkpoints in {Path(cfg.train.out_dir) / 'best'} and {Path(cfg.train.out_dir) / 'last'}")
+    if not args.no_report:
+        from .train.run_report import write_run_report
+
+        report = write_run_report(cfg.train.out_dir, cfg, device=str(resolve_device(cfg.train.device)),
+                                  progress=not args.quiet)
+        print(f"report: {report['report']} (scores, per-class table, curves, confusion matrix, predictions)")
     return 0
 
 
@@ -95,6 +113,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cm = evaluate(model, loader, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
                   device=device, amp=cfg.train.amp, progress=not args.quiet)
     print(cm.format_table(class_names(cfg.data)))
+    if args.report is not None:
+        from .train.run_report import write_run_report
+
+        where = args.report or cfg.train.out_dir
+        report = write_run_report(where, cfg, model_dir=args.checkpoint or Path(cfg.train.out_dir) / "best",
+                                  split=args.split, device=str(device), progress=not args.quiet)
+        print(f"report: {report['report']}")
     return 0
 
 
@@ -248,16 +273,23 @@ def _cmd_separate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="pixelwise", description="Image segmentation in plain PyTorch.")
+    parser.add_argument("--version", action="version", version=f"pixelwise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config")
+    p.add_argument("config", help="YAML config, or with --resume the run folder (its config.yaml is used)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.01")
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT_DIR/last with the run's own config.yaml; only keys that can change "
+                        "mid-run (epochs, max_steps, log/val_every, device, ...) may differ")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT_DIR (default: refuse)")
+    p.add_argument("--no-report", action="store_true", help="skip OUT_DIR/report.html at the end")
     common(p)
     p.set_defaults(func=_cmd_train)
 
@@ -266,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="model folder (default: OUT_DIR/best)")
     p.add_argument("--split", help="split to evaluate (default: data.val_split)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--report", nargs="?", const="", metavar="DIR",
+                   help="also write DIR/report.html (default DIR: OUT_DIR) with predictions and plots")
     common(p)
     p.set_defaults(func=_cmd_eval)
 

@@ -33,10 +33,12 @@ from . import distributed as dist_mod
 from .adversarial import AdversarialTrainer
 from .checkpoint import load_train_state, remove_stale_temporaries, save_train_state
 from .ema import ModelEMA
+from .guards import check_finite, nonfinite_state
 from .interrupt import StopRequest, TrainingInterrupted
 from .loaders import EPOCH_SEED_STRIDE, make_loaders
 from .logging import RunLogger
 from .optim import build_optimizer, set_encoder_frozen
+from .run_dir import check_fresh
 from .schedule import make_schedule
 
 __all__ = ["train"]
@@ -54,7 +56,8 @@ def _check_cfg(cfg: ExperimentCfg, device: torch.device) -> None:
         raise ConfigError(f"train.early_stop_patience must be >= 1 or null, got {t.early_stop_patience}")
 
 
-def train(cfg: ExperimentCfg, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(cfg: ExperimentCfg, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> dict[str, Any]:
     """Train ``cfg``; returns the trainer state (step, epoch, best mIoU, history).
 
     Writes to ``cfg.train.out_dir`` (rank 0 only): ``config.yaml``, ``log.csv`` (per
@@ -62,9 +65,12 @@ def train(cfg: ExperimentCfg, *, resume: bool = False, progress: bool = True) ->
     (resumable, every epoch and on SIGINT/SIGTERM), ``best/`` (highest validation mIoU) and,
     at the end, ``curves.png``, ``confusion.png``, ``class_iou.png``. With ``resume=True``
     every process continues from ``last/``, mid-epoch if that is where it stopped, and ends
-    with the same weights as an uninterrupted run.
+    with the same weights as an uninterrupted run. Without it, an ``out_dir`` that already
+    holds a run is refused unless ``overwrite=True`` (:mod:`pixelwise.train.run_dir`).
     """
     env = dist_mod.setup(cfg.train.device)
+    if not resume:
+        check_fresh(cfg.train.out_dir, overwrite=overwrite, clear=env.is_main)
     logger = RunLogger(Path(cfg.train.out_dir), enabled=env.is_main, tensorboard=cfg.train.tensorboard)
     try:
         with deterministic(cfg.train.deterministic, env.device), StopRequest() as stop:
@@ -133,7 +139,15 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
         parts = {"scaler": scaler if scaler.is_enabled() else None, "ema": ema, "adversarial": adv}
         return {name: part.state_dict() for name, part in parts.items() if part is not None}
 
+    def ensure_finite(where: str, step: int, epoch: int) -> None:
+        # Every rank checks its own replica; all stop together if any holds NaN/inf.
+        bad = nonfinite_state(raw) + ([f"ema.{n}" for n in nonfinite_state(ema.module)] if ema is not None else [])
+        if dist_mod.any_across(env, bool(bad)):
+            check_finite(raw, step=step, epoch=epoch, where=where, last=str(out / "last"),
+                         bad=bad or ["(on another process)"])
+
     def save_last() -> None:
+        ensure_finite("before saving last/", state["step"], state["epoch"])
         if env.is_main:
             save_train_state(out / "last", model=raw, optimizer=optimizer, scheduler=scheduler, trainer=state,
                              meta=meta, extras=extras())
@@ -213,6 +227,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
             lr = t.lr * lr_factor(step)  # the decoder's LR for the next step (the encoder's may be scaled)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             if step % t.log_every == 0 or step == total_steps:
+                ensure_finite("at the check every train.log_every steps", step, epoch + 1)
                 logger.step({"step": step, "epoch": epoch + 1, "loss": round(dist_mod.mean_across(env, loss_value), 6),
                              "lr": lr, "images_per_s": round(speed, 2)})
             if dist_mod.any_across(env, stop.requested):
@@ -236,6 +251,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
             record.update(miou=scores["miou"], pixel_accuracy=scores["pixel_accuracy"], mean_dice=scores["mean_dice"])
             if scores["miou"] > state["best_miou"]:
                 state.update(best_miou=scores["miou"], stale=0)
+                ensure_finite("before saving best/", step, epoch + 1)
                 if env.is_main:
                     save_model(judged, out / "best", {**meta, "scores": scores, "step": step})
             else:

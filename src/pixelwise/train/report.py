@@ -51,9 +51,11 @@ def _img_tag(path: Path, width: int = 0) -> str:
 
 
 def write_report(run_dir: str | Path, *, title: str, scores: dict[str, Any], table: str,
-                 samples: list[tuple[str, list[Path]]], curves: Path | None = None) -> Path:
-    """Write ``run_dir/report.html`` with the scores, the per-class table, the curves and a
-    grid of sample rows (``(name, [image, truth, prediction, overlay] PNG paths)``).
+                 samples: list[tuple[str, list[Path]]], curves: Path | None = None,
+                 figures: list[Path] | None = None) -> Path:
+    """Write ``run_dir/report.html`` with the scores, the per-class table, the curves, further
+    ``figures`` (confusion matrix, per-class IoU) and a grid of sample rows
+    (``(name, [image, truth, prediction, overlay] PNG paths)``).
     Images are embedded, so the file can be mailed or opened anywhere on its own."""
     run_dir = Path(run_dir)
     rows = []
@@ -70,6 +72,7 @@ pre{{background:#f6f6f6;padding:1em}}</style></head><body>
 <ul>{summary}</ul>
 <h2>Per-class scores (validation set)</h2><pre>{html.escape(table)}</pre>
 <h2>Training curves</h2>{_img_tag(curves) if curves else "<p>no curves</p>"}
+{"<h2>Confusion matrix and per-class IoU</h2>" + "".join(_img_tag(f) for f in figures) if figures else ""}
 <h2>Predictions</h2>
 <table><tr><th></th><th>image</th><th>ground truth</th><th>prediction</th><th>overlay</th></tr>
 {''.join(rows)}</table>

@@ -1,0 +1,62 @@
+"""A finished run is never overwritten; --resume continues with the run's own config."""
+
+import yaml
+
+from pixelwise import config
+from pixelwise.cli import main
+from pixelwise.train.run_dir import config_diff
+
+
+def _write(path, out_dir, **train):
+    t = {"max_steps": 4, "lr": 0.01, "out_dir": str(out_dir), "log_every": 1, "plots": False, **train}
+    path.write_text(yaml.safe_dump({
+        "model": {"name": "unet", "args": {"base_channels": 4, "depth": 2}},
+        "data": {"dataset": "synthetic", "num_classes": 5, "crop_size": 32, "augment": "none", "batch_size": 4,
+                 "train_samples": 8, "val_samples": 4},
+        "train": t}))
+    return path
+
+
+def test_rerunning_a_config_refuses_and_keeps_the_run(tmp_path, capsys):
+    cfg = _write(tmp_path / "c.yaml", tmp_path / "run")
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    best = (tmp_path / "run" / "best" / "model.safetensors").read_bytes()
+    log = (tmp_path / "run" / "log.csv").read_text()
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert f"train.out_dir={tmp_path / 'run-2'}" in err  # a free folder name to use instead
+    assert (tmp_path / "run" / "best" / "model.safetensors").read_bytes() == best  # nothing lost
+    assert (tmp_path / "run" / "log.csv").read_text() == log
+    assert main(["train", str(cfg), "--quiet", "--overwrite", "--set", "train.max_steps=2"]) == 0
+    assert (tmp_path / "run" / "last" / "trainer.json").is_file()
+    assert "step" in (tmp_path / "run" / "log.csv").read_text()
+
+
+def test_resume_uses_the_runs_config_and_lists_what_it_cannot_change(tmp_path, capsys):
+    cfg = _write(tmp_path / "c.yaml", tmp_path / "run")
+    assert main(["train", str(cfg), "--quiet", "--set", "train.max_steps=2", "--set", "train.lr=0.05"]) == 0
+    saved = config.load(tmp_path / "run" / "config.yaml")
+    assert saved.train.max_steps == 2 and saved.train.lr == 0.05
+    capsys.readouterr()
+    # The YAML without the original --set: lr differs from the run's -> refused, named, nothing changed.
+    assert main(["train", str(cfg), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr: 0.05 in the run, 0.01 now" in err and "train.max_steps" not in err.split("cannot")[1]
+    # The run folder alone: its own config, with a longer schedule applied explicitly.
+    assert main(["train", str(tmp_path / "run"), "--quiet", "--resume", "--set", "train.max_steps=4"]) == 0
+    out = capsys.readouterr().out
+    assert "resume: train.max_steps 2 -> 4" in out
+    trainer = yaml.safe_load((tmp_path / "run" / "last" / "trainer.json").read_text())
+    assert trainer["step"] == 4
+    rates = [float(r.split(",")[3]) for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert max(rates) <= 0.05 + 1e-12 and max(rates) > 0.011  # the run's own lr, not the YAML's 0.01
+
+
+def test_config_diff_names_every_changed_key():
+    a = config.from_dict({"train": {"lr": 0.01}, "model": {"args": {"depth": 2}}})
+    b = config.from_dict({"train": {"lr": 0.02, "epochs": 3}, "model": {"args": {"depth": 3}}})
+    assert config_diff(a, b) == {"model.args": ({"depth": 2}, {"depth": 3}), "train.epochs": (10, 3),
+                                 "train.lr": (0.01, 0.02)}
+    assert config_diff(a, a) == {}
