@@ -112,3 +112,16 @@ def test_require_returns_the_module_or_names_the_extra(monkeypatch):
         require("pixelwise_surely_missing_module", "reading volumes")
     with pytest.raises(ImportError):  # callers that catch ImportError keep working
         require("pixelwise_surely_missing_module.sub", "a test")
+
+
+def test_version_is_the_installed_distributions(capsys):
+    import importlib.metadata
+
+    from pixelwise import __version__
+    from pixelwise.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pixelwise {__version__}"
+    assert importlib.metadata.version("pixelwise") == __version__  # pyproject reads it from the package

@@ -47,6 +47,7 @@ def require(module: str, feature: str) -> ModuleType:
     except ImportError as err:
         top = module.split(".")[0]
         extra = EXTRAS.get(top)
-        fix = f"pip install 'pixelwise[{extra}]'" if extra else f"pip install {top}"
+        fix = (f"pip install 'pixelwise[{extra}]' (in a clone of the repository: pip install '.[{extra}]')"
+               if extra else f"pip install {top}")
         raise MissingDependencyError(f"{feature} needs the package {top!r}, which is not installed "
                                      f"({err}); install it with: {fix}") from None

@@ -15,7 +15,7 @@ accumulates masks image by image (mask AP, per-class AP, all-gather across proce
 :func:`coco_evaluate` scores COCO dicts (ground truth from :func:`coco_ground_truth`, results
 from :func:`coco_results`) for box and mask AP at once, as instance training validates.
 
-pycocotools is an optional dependency: ``pip install pixelwise[coco]``.
+pycocotools is an optional dependency: ``pip install "pixelwise[coco]"`` (``".[coco]"`` in a clone).
 """
 
 from __future__ import annotations
