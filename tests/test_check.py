@@ -74,7 +74,7 @@ def test_planted_problems_are_each_found_and_named(planted):
     assert "32x20" in by_kind["size_mismatch"].message and "32x24" in by_kind["size_mismatch"].message
     assert "[37]" in by_kind["label_out_of_range"].message
     assert by_kind["mask_without_image"].severity == "warning" and by_kind["all_void"].severity == "warning"
-    assert not report.ok and not val.problems
+    assert not report.ok and {p.kind for p in val.problems} <= {"class_not_in_train"}
     summary = report.to_dict()["splits"][0]
     assert summary["labels_out_of_range"] == {"37": {"pixels": 12, "files": 1,
                                                      "examples": [str(planted / "train/masks/label37.png")]}}
@@ -155,12 +155,15 @@ def test_heuristics_reduce_zero_label_binary_255_and_colour_masks(tmp_path):
         colours = np.array([[0, 0, 0], [128, 0, 0], [0, 128, 0]], np.uint8)
         _save(tmp_path / "rgb/train/images" / f"{i}.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
         _save(tmp_path / "rgb/train/masks" / f"{i}.png", colours[rng.integers(0, 3, (16, 16))])
-    hints = {}
+    hints, problems = {}, {}
     for name in ("ade", "bin", "rgb"):
         cfg = DataCfg(dataset="folder", root=str(tmp_path / name), num_classes=K if name == "ade" else 2)
-        hints[name] = " ".join(check_dataset(cfg, splits=["train"], workers=0).splits[0].suggestions())
+        split = check_dataset(cfg, splits=["train"], workers=0).splits[0]
+        hints[name] = " ".join(split.suggestions())
+        problems[name] = " ".join(p.message for p in split.problems if p.severity == "error")
     assert "reduce_zero_label" in hints["ade"] and "0 and 255" not in hints["ade"]
-    assert "only the values 0 and 255" in hints["bin"] and "every foreground pixel is ignored" in hints["bin"]
+    # 0/255 with ignore_index 255 is an error now (every foreground pixel would be ignored), not a hint
+    assert "holds only 0 and 255" in problems["bin"] and "every foreground pixel would be ignored" in problems["bin"]
     assert "palette conversion" in hints["rgb"] and "3 distinct colour(s)" in hints["rgb"]
     assert "reduce_zero_label" not in hints["bin"] + hints["rgb"]
 

@@ -38,7 +38,7 @@ from .io import (
 from .synthetic import SyntheticShapes
 from .transforms import EpochSeeded, build_transform, pad_collate
 
-__all__ = ["build_dataset", "class_names", "FolderDataset", "SyntheticShapes", "EpochSeeded", "build_transform",
+__all__ = ["build_dataset", "check_channels", "class_names", "FolderDataset", "SyntheticShapes", "EpochSeeded", "build_transform",
            "pad_collate", "read_image", "read_mask", "write_image", "write_mask", "colorize", "overlay",
            "default_palette"]
 
@@ -52,6 +52,20 @@ def build_dataset(cfg: DataCfg, split: str, *, train: bool) -> Dataset:
     transform = build_transform(cfg.augment, train=train, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std,
                                 ignore_index=cfg.ignore_index, resize=cfg.resize)
     return builder(cfg, split, train=train, transform=transform)
+
+
+def check_channels(dataset: Dataset, in_channels: int, *, split: str) -> None:
+    """Refuse, before training starts, a model whose ``in_channels`` differs from what the
+    dataset delivers (read from its first sample): the error names both and the fix."""
+    if len(dataset) == 0:
+        return
+    sample = dataset[0]
+    image = sample["image"] if isinstance(sample, dict) else sample[0]
+    channels = int(image.shape[0])
+    if channels != in_channels:
+        how = " (2D image files are read as RGB; grey files are replicated to 3 channels)" if channels == 3 else ""
+        raise ConfigError(f"model.in_channels is {in_channels} but split {split!r} delivers {channels}-channel images"
+                          f"{how}; set model.in_channels: {channels}")
 
 
 def class_names(cfg: DataCfg) -> list[str]:

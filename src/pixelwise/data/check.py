@@ -230,6 +230,7 @@ def check_split(cfg: DataCfg, split: str, *, workers: int = 0) -> SplitReport:
         results = _run(_inspect_loaded, [(dataset, i, k, ignore) for i in range(len(dataset))], workers=workers)
     for stats in results:
         report.add(stats)
+    report.finish()
     if report.pairs == 0:
         report.problems.append(Problem("error", "empty_split", f"{cfg.root}/{split}",
                                        f"split {split!r} has no image/mask pairs"))
@@ -252,4 +253,12 @@ def check_dataset(cfg, splits: list[str] | tuple[str, ...] | None = None, *,
     if splits is None or len(splits) == 0:
         splits = list(dict.fromkeys([data.train_split, data.val_split]))
     workers = (os.cpu_count() or 1) if workers is None else workers
-    return CheckReport(splits=[check_split(data, s, workers=workers) for s in splits])
+    reports = [check_split(data, s, workers=workers) for s in splits]
+    in_channels = getattr(getattr(cfg, "model", None), "in_channels", None)
+    read_as_rgb = next((r for r in reports if int(r.channel_hist.sum())), None)  # 2D images, read as RGB
+    if in_channels is not None and in_channels != 3 and read_as_rgb is not None:
+        read_as_rgb.problems.append(Problem(
+            "error", "channel_mismatch", read_as_rgb.split,
+            f"model.in_channels is {in_channels} but the images are read as RGB (3 channels; grey files are "
+            f"replicated), so training would fail at its first step; set model.in_channels: 3"))
+    return CheckReport(splits=reports)

@@ -109,6 +109,17 @@ class SplitReport:
             if not self._valid(value):
                 self.bad_files.setdefault(value, []).append(bad_path)
 
+    def finish(self) -> None:
+        """Split-level problems, once every pair is in: masks saved black/white (0/255)."""
+        if (self.num_classes >= 2 and self.ignore_index == 255 and self.labels and 255 in self.labels
+                and set(self.labels) <= {0, 255}):
+            self.problems.append(Problem(
+                "error", "binary_255", self.split,
+                f"every mask of split {self.split!r} holds only 0 and 255 (a binary mask saved black/white), and "
+                f"255 is ignore_index: every foreground pixel would be ignored and the model would learn only "
+                f"background. Save the foreground as 1 (mask // 255), or set data.ignore_index to a value the "
+                f"masks do not use and remap 255 to 1"))
+
     def _valid(self, value: int) -> bool:
         return 0 <= value < self.num_classes or value == self.ignore_index
 
@@ -147,14 +158,16 @@ class SplitReport:
         """Heuristic advice: reduce_zero_label, binary 0/255 masks, colour masks, unseen classes."""
         out = []
         k, bad = self.num_classes, {v for v in self.labels if not self._valid(v)}
-        if self.pairs and self.images_with.get(0, 0) >= 0.9 * self.pairs and k in bad and max(bad) == k:
+        if k == 1 and bad == {1}:
+            out.append("num_classes is 1 but the masks hold 0 and 1: background and one class are "
+                       "num_classes: 2 (softmax over background and foreground)")
+        elif self.pairs and self.images_with.get(0, 0) >= 0.9 * self.pairs and k in bad and max(bad) == k:
             out.append(f"labels run 1..{k} and 0 is in {self.images_with[0]}/{self.pairs} masks: 0 looks like "
                        f"'void/other' and the classes are shifted by one; set data.args.reduce_zero_label: true "
                        f"(0 -> ignore, c -> c-1) if the reader supports it, or remap the masks")
-        if self.labels and set(self.labels) <= {0, 255} and 255 in self.labels:
-            out.append("masks hold only the values 0 and 255 (a binary mask saved black/white): 255 is "
-                       + ("ignore_index, so every foreground pixel is ignored" if self.ignore_index == 255
-                          else "not a class index") + "; save the foreground as 1 (mask // 255)")
+        if self.labels and set(self.labels) <= {0, 255} and 255 in self.labels and self.ignore_index != 255:
+            out.append("masks hold only the values 0 and 255 (a binary mask saved black/white): 255 is not a "
+                       "class index; save the foreground as 1 (mask // 255)")
         if self.colour_masks:
             shown = ", ".join(str(c) for c in sorted(self.colours)[:12])
             out.append(f"{self.colour_masks} mask(s) are RGB colour images with {len(self.colours)} distinct "
@@ -197,6 +210,19 @@ class CheckReport:
 
     splits: list[SplitReport]
 
+    def __post_init__(self) -> None:
+        # Classes the validation split has and training never shows: the model cannot learn them.
+        if len(self.splits) >= 2 and self.splits[0].pairs:
+            train, k = self.splits[0], self.splits[0].num_classes
+            for other in self.splits[1:]:
+                unseen = [c for c in range(k) if other.labels.get(c, 0) and not train.labels.get(c, 0)]
+                if unseen:
+                    other.problems.append(Problem(
+                        "warning", "class_not_in_train", other.split,
+                        f"class(es) {unseen} occur in split {other.split!r} but never in {train.split!r}: the "
+                        f"model cannot learn them, and their IoU will be 0; move some of those images to "
+                        f"{train.split!r}"))
+
     @property
     def ok(self) -> bool:
         return not any(s.errors for s in self.splits)
@@ -224,6 +250,9 @@ class CheckReport:
                 lines.append(f"  {p.severity.upper():7s} {p.kind}: {p.message}")
             if len(split.problems) > max_problems:
                 lines.append(f"  ... {len(split.problems) - max_problems} more (see the JSON report)")
+            if not split.pairs:
+                lines.append("  no pairs were read from this split: no class statistics")
+                continue
             for value, info in d["labels_out_of_range"].items():
                 lines.append(f"  label {value}: {info['pixels']} pixels in {info['files']} file(s), e.g. "
                              + ", ".join(Path(f).name for f in info["examples"]))

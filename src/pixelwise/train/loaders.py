@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import ExperimentCfg
-from ..data import EpochSeeded, build_dataset, pad_collate
+from ..data import EpochSeeded, build_dataset, check_channels, pad_collate
 from ..errors import ConfigError
 from .distributed import DistEnv, barrier
 from .sampling import SkipFirst, balanced_weights, build_sampler, class_presence
@@ -58,6 +58,7 @@ def make_loaders(cfg: ExperimentCfg, env: DistEnv, *, out_dir: Path,
     d, t = cfg.data, cfg.train
     train_ds = EpochSeeded(build_dataset(d, d.train_split, train=True))
     val_ds: Dataset = build_dataset(d, d.val_split, train=False)
+    check_channels(val_ds, cfg.model.in_channels, split=d.val_split)  # a clear error, not one at step 1
     if len(train_ds) < d.batch_size * env.world_size:
         raise ConfigError(f"the training set has {len(train_ds)} samples, fewer than data.batch_size "
                           f"{d.batch_size} x {env.world_size} process(es); lower batch_size or add data")
