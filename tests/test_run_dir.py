@@ -60,3 +60,36 @@ def test_config_diff_names_every_changed_key():
     assert config_diff(a, b) == {"model.args": ({"depth": 2}, {"depth": 3}), "train.epochs": (10, 3),
                                  "train.lr": (0.01, 0.02)}
     assert config_diff(a, a) == {}
+
+
+def test_a_run_says_what_it_trains_on_and_how(tmp_path, capsys):
+    from pixelwise.train.loop import train
+
+    cfg = config.from_dict({"model": {"name": "unet", "args": {"base_channels": 4, "depth": 2}},
+                            "data": {"dataset": "synthetic", "num_classes": 5, "crop_size": 32, "augment": "none",
+                                     "batch_size": 8, "train_samples": 20, "val_samples": 4},
+                            "train": {"epochs": 2, "out_dir": str(tmp_path / "run"), "plots": False}})
+    train(cfg, progress=True)
+    captured = capsys.readouterr()
+    out = captured.out
+    params = sum(p.numel() for p in __import__("pixelwise").create_model(
+        "unet", num_classes=5, base_channels=4, depth=2).parameters())
+    assert "data: 20 training images ('train'), 4 validation ('val')" in out
+    assert "2 steps per epoch, 4 steps in 2 epoch(s)" in out
+    assert "the last 4 image(s) of each epoch's order are left out" in out  # 20 = 2 x 8 + 4
+    assert f"model: unet, {params:,} parameters" in out and "precision fp32 (amp: none)" in out
+    assert "epoch 1/2" in captured.err and "4/4" in captured.err  # one bar over the whole run (stderr)
+    assert "0/2" not in captured.err  # ... not one bar per epoch
+
+
+def test_precision_note_says_why(monkeypatch):
+    import torch
+
+    from pixelwise import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert "no native bf16" in runtime.precision_note(cpu, "bf16") and runtime.precision_note(cpu, "bf16")[:4] == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.precision_note(cpu, "bf16").startswith("bf16 autocast (this CPU has native bf16")
+    assert runtime.precision_note(cpu, "none") == "fp32 (amp: none)"

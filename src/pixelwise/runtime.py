@@ -98,6 +98,19 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def precision_note(device: torch.device, amp: str) -> str:
+    """What precision training/inference with ``amp`` actually runs in on ``device``, and why."""
+    if amp == "fp16":
+        return "fp16 autocast (CUDA)"
+    if amp == "bf16" and device.type == "cpu":
+        if cpu_has_fast_bf16():
+            return "bf16 autocast (this CPU has native bf16: AVX512-BF16/AMX)"
+        return "fp32 (amp: bf16 asked, but this CPU has no native bf16; emulated bf16 is ~100x slower)"
+    if amp == "bf16":
+        return f"bf16 autocast ({device.type})"
+    return "fp32 (amp: none)"
+
+
 @functools.cache
 def _warn_slow_bf16() -> None:
     warnings.warn("this CPU has no native bf16 (AVX512-BF16/AMX), where bf16 autocast is emulated and "

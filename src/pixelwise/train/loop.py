@@ -27,7 +27,7 @@ from ..errors import ConfigError, TrainingError
 from ..hub import save_model
 from ..losses import build_loss
 from ..models import SegmentationOutput
-from ..runtime import autocast, deterministic, seed_everything
+from ..runtime import autocast, deterministic, precision_note, seed_everything
 from ..tasks.semantic import build_model, compute_loss, evaluate, model_meta, override_aux
 from . import distributed as dist_mod
 from .adversarial import AdversarialTrainer
@@ -99,6 +99,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
                           f"{t.accumulate}; lower accumulate or data.batch_size")
     total_steps = t.max_steps or t.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
+    used = steps_per_epoch * t.accumulate * cfg.data.batch_size * env.world_size
 
     # Model (raw: what is saved and averaged), optimiser, schedule, and the optional extras.
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -115,6 +116,18 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
         adv = AdversarialTrainer(t.adversarial, num_classes=cfg.data.num_classes, in_channels=cfg.model.in_channels,
                                  ignore_index=cfg.data.ignore_index, device=device, env=env)
     meta = model_meta(cfg)
+    if progress:
+        params = sum(p.numel() for p in raw.parameters())
+        trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
+        dropped = len(train_ds) - used
+        tqdm.write(f"data: {len(train_ds)} training images ({cfg.data.train_split!r}), {len(val_loader.dataset)} "
+                   f"validation ({cfg.data.val_split!r}); batch {cfg.data.batch_size} x {env.world_size} process(es) "
+                   f"x accumulate {t.accumulate}: {steps_per_epoch} steps per epoch, {total_steps} steps in "
+                   f"{epochs} epoch(s)" + (f"; the last {dropped} image(s) of each epoch's order are left out "
+                                           f"(drop_last: a different {dropped} each epoch)" if dropped > 0 else ""))
+        threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+        tqdm.write(f"model: {cfg.model.name}, {params:,} parameters ({trainable:,} trainable); device "
+                   f"{device}{threads}; precision {precision_note(device, t.amp)}")
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "epoch_step": 0, "best_miou": -1.0, "stale": 0,
                              "history": []}
@@ -167,6 +180,8 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
         getattr(model, "_orig_mod", None), nn.parallel.DistributedDataParallel)
     cm = None
     loss_value = float("nan")
+    # One bar for the whole run (with its ETA), not one per epoch: epochs can be 1-3 steps.
+    bar = tqdm(total=total_steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
     for epoch in range(state["epoch"], epochs):
         first = state["epoch_step"] if epoch == state["epoch"] else 0  # steps this epoch already took
         # The order, the augmentations and worker seeds depend on (seed, epoch) only, so a
@@ -177,10 +192,9 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
         train_loader.generator.manual_seed(epoch_seed)
         model.train()
         batches = iter(train_loader)
-        bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False)
+        bar.set_description(f"epoch {epoch + 1}/{epochs}")
         seen, tic, interrupted = 0, time.perf_counter(), False
-        for epoch_step in bar:
+        for epoch_step in range(first, steps_per_epoch):
             if frozen and step >= t.freeze_encoder_steps:
                 frozen = False
                 set_encoder_frozen(raw, False)
@@ -225,6 +239,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
             loss_value = sum(losses) / len(losses)
             speed = seen * env.world_size / max(time.perf_counter() - tic, 1e-9)
             lr = t.lr * lr_factor(step)  # the decoder's LR for the next step (the encoder's may be scaled)
+            bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             if step % t.log_every == 0 or step == total_steps:
                 ensure_finite("at the check every train.log_every steps", step, epoch + 1)
@@ -235,9 +250,9 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
                 break
             if step >= total_steps:
                 break
-        bar.close()
 
         if interrupted:
+            bar.close()
             state.update(step=step, epoch=epoch, epoch_step=epoch_step + 1)
             save_last()
             raise TrainingInterrupted(f"{stop.signal_name or 'stop'} at step {step}; saved {str(out / 'last')!r}")
@@ -269,6 +284,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
             break
         if step >= total_steps:
             break
+    bar.close()
     if env.is_main:
         (out / "history.json").write_text(json.dumps(state["history"], indent=2))
         if t.plots:
