@@ -1,12 +1,13 @@
-"""segmentation_models.pytorch (smp) checkpoints -> pixelwise: ``Unet`` and ``Segformer``.
+"""segmentation_models.pytorch (smp) checkpoints -> pixelwise: ``Unet``, ``Segformer`` and ``DeepLabV3``.
 
 Input: the folder smp's ``save_pretrained`` writes (``config.json`` with ``_model_class`` and
 the constructor arguments, ``model.safetensors``). smp is not imported. Encoders: smp's
 ResNets (``resnet18`` ... ``resnet152``, torchvision's layout, which timm's ResNets share),
 ``tu-NAME`` (smp's timm wrapper: the same ``model.*`` keys as pixelwise's timm encoder) and
 ``mit_b0`` ... ``mit_b5``. What differs from pixelwise's defaults is reproduced by options:
-U-Net ``upsampling="nearest"`` and ``head_kernel=3`` (smp's decoder and head), SegFormer
-``upsample_align_corners=True`` (smp's ``nn.Upsample(align_corners=True)`` head).
+U-Net ``upsampling="nearest"`` and ``head_kernel=3`` (smp's decoder and head), SegFormer and
+DeepLabV3 ``upsample_align_corners=True`` (smp's ``nn.Upsample(align_corners=True)`` head),
+DeepLabV3 ``encoder_dilation="smp"`` (smp's ``make_dilated`` on its own ResNets).
 """
 
 from __future__ import annotations
@@ -126,4 +127,29 @@ def segformer(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[s
     return "segformer", kwargs, rename(out, rules + [(r"(decoder\.proj\..+)", r"\1")], source="smp Segformer")
 
 
-ARCHITECTURES = {"Unet": unet, "Segformer": segformer}
+def deeplabv3(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``DeepLabV3`` -> ``create_model("deeplabv3", encoder_dilation="smp", upsample_align_corners=True, ...)``."""
+    if config.get("decoder_aspp_separable", False) or int(config.get("decoder_channels", 256)) != 256:
+        raise ConfigError("only smp DeepLabV3 with decoder_channels=256 and a plain (not separable) ASPP is converted")
+    if config.get("upsampling") not in (None, config.get("encoder_output_stride", 8)) or config.get("aux_params"):
+        raise ConfigError("smp DeepLabV3 with a custom upsampling or aux_params is not converted")
+    encoder, rules = _encoder(config)
+    kwargs = {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3)),
+              "encoder": encoder, "output_stride": int(config.get("encoder_output_stride", 8)),
+              "rates": list(config.get("decoder_atrous_rates", [12, 24, 36])), "aux": False,
+              "upsample_align_corners": True,
+              # smp dilates its own ResNets with make_dilated; tu- encoders use timm's output_stride.
+              "encoder_dilation": "smp" if config.get("encoder_name", "resnet34") in RESNETS else "timm"}
+    rules = rules + [
+        (r"decoder\.aspp\.convs\.([0-3])\.([01])\.(\w+)", r"decoder.0.branches.\1.\2.\3"),
+        (r"decoder\.aspp\.convs\.4\.1\.(\w+)", r"decoder.0.branches.4.1.0.\1"),
+        (r"decoder\.aspp\.convs\.4\.2\.(\w+)", r"decoder.0.branches.4.1.1.\1"),
+        (r"decoder\.aspp\.project\.([01])\.(\w+)", r"decoder.0.project.0.\1.\2"),
+        (r"decoder\.conv\.(\w+)", r"decoder.1.0.\1"),
+        (r"decoder\.bn\.(\w+)", r"decoder.1.1.\1"),
+        (r"segmentation_head\.0\.(\w+)", r"head.\1"),
+    ]
+    return "deeplabv3", kwargs, rename(state, rules, source="smp DeepLabV3")
+
+
+ARCHITECTURES = {"Unet": unet, "Segformer": segformer, "DeepLabV3": deeplabv3}
