@@ -1,4 +1,4 @@
-"""segmentation_models.pytorch (smp) checkpoints -> pixelwise: ``Unet``, ``Segformer`` and ``DeepLabV3``.
+"""segmentation_models.pytorch (smp) checkpoints -> pixelwise: ``Unet``, ``Segformer``, ``DeepLabV3`` and ``FPN``.
 
 Input: the folder smp's ``save_pretrained`` writes (``config.json`` with ``_model_class`` and
 the constructor arguments, ``model.safetensors``). smp is not imported. Encoders: smp's
@@ -152,4 +152,33 @@ def deeplabv3(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[s
     return "deeplabv3", kwargs, rename(state, rules, source="smp DeepLabV3")
 
 
-ARCHITECTURES = {"Unet": unet, "Segformer": segformer, "DeepLabV3": deeplabv3}
+def fpn(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``FPN`` -> ``create_model("fpn", smooth=False, align_corners=True, ...)``."""
+    if config.get("decoder_merge_policy", "add") != "add" or config.get("decoder_interpolation", "nearest") != "nearest":
+        raise ConfigError("only smp FPN with decoder_merge_policy='add' and nearest interpolation is converted")
+    if config.get("upsampling", 4) != 4 or config.get("aux_params"):
+        raise ConfigError("smp FPN with a custom upsampling or aux_params is not converted")
+    encoder, rules = _encoder(config)
+    kwargs = {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3)),
+              "encoder": encoder, "fpn_channels": int(config.get("decoder_pyramid_channels", 256)),
+              "head_channels": int(config.get("decoder_segmentation_channels", 128)), "smooth": False,
+              "align_corners": True}
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"decoder\.seg_blocks\.(\d)\.block\.(\d)\.block\.([012])\.(\w+)", key)
+        if m:  # smp's block k starts at P(5-k); its Sequential(conv, GroupNorm, ReLU) is indexed 0/1/2
+            out[f"decoder.branches.{3 - int(m[1])}.{m[2]}.{m[3]}.{m[4]}"] = value
+        else:
+            out[key] = value
+    rules = rules + [
+        (r"decoder\.p5\.(\w+)", r"decoder.fpn.lateral.3.\1"),
+        (r"decoder\.p4\.skip_conv\.(\w+)", r"decoder.fpn.lateral.2.\1"),
+        (r"decoder\.p3\.skip_conv\.(\w+)", r"decoder.fpn.lateral.1.\1"),
+        (r"decoder\.p2\.skip_conv\.(\w+)", r"decoder.fpn.lateral.0.\1"),
+        (r"(decoder\.branches\..+)", r"\1"),
+        (r"segmentation_head\.0\.(\w+)", r"head.\1"),
+    ]
+    return "fpn", kwargs, rename(out, rules, source="smp FPN")
+
+
+ARCHITECTURES = {"Unet": unet, "Segformer": segformer, "DeepLabV3": deeplabv3, "FPN": fpn}
