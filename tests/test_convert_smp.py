@@ -59,3 +59,10 @@ def test_fpn(encoder, tmp_path):
     ref = smp.FPN(encoder_name=encoder, encoder_weights=None, classes=3, decoder_pyramid_channels=32,
                   decoder_segmentation_channels=32)
     _check(randomise(ref, std=0.05), tmp_path)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "tu-convnext_atto"])
+def test_upernet(encoder, tmp_path):
+    torch.manual_seed(0)
+    ref = smp.UPerNet(encoder_name=encoder, encoder_weights=None, classes=3, decoder_channels=32)
+    _check(randomise(ref, std=0.05), tmp_path)

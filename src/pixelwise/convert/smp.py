@@ -1,4 +1,4 @@
-"""segmentation_models.pytorch (smp) checkpoints -> pixelwise: ``Unet``, ``Segformer``, ``DeepLabV3`` and ``FPN``.
+"""segmentation_models.pytorch (smp) checkpoints -> pixelwise: ``Unet``, ``Segformer``, ``DeepLabV3``, ``FPN`` and ``UPerNet``.
 
 Input: the folder smp's ``save_pretrained`` writes (``config.json`` with ``_model_class`` and
 the constructor arguments, ``model.safetensors``). smp is not imported. Encoders: smp's
@@ -181,4 +181,40 @@ def fpn(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Te
     return "fpn", kwargs, rename(out, rules, source="smp FPN")
 
 
-ARCHITECTURES = {"Unet": unet, "Segformer": segformer, "DeepLabV3": deeplabv3, "FPN": fpn}
+def upernet(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``UPerNet`` -> ``create_model("upernet", out_norm=True, aux=False, upsample_align_corners=True, ...)``."""
+    if config.get("upsampling", 4) != 4 or config.get("aux_params") or config.get("decoder_use_norm",
+                                                                                  "batchnorm") != "batchnorm":
+        raise ConfigError("only smp UPerNet with upsampling=4, batch norm and no aux_params is converted")
+    encoder, _ = _encoder(config)
+    from ..encoders import build_encoder
+
+    levels = len(build_encoder(encoder, in_channels=int(config.get("in_channels", 3))).out_channels)
+    body = "encoder.body.body" if levels > 4 else "encoder.body"
+    prefix = "encoder.model." if config.get("encoder_name", "").startswith("tu-") else "encoder."
+    kwargs = {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3)),
+              "encoder": encoder, "out_norm": True, "aux": False, "channels": int(config.get("decoder_channels", 256)),
+              "upsample_align_corners": True}
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"decoder\.fpn_(lateral|conv)_blocks\.(\d)\.(?:conv_norm_relu\.)?([012])\.(\w+)", key)
+        if m:  # smp lists the FPN levels deepest first
+            target = "lateral" if m[1] == "lateral" else "smooth"
+            out[f"decoder.{target}.{2 - int(m[2])}.{m[3]}.{m[4]}"] = value
+        elif key.startswith(prefix):
+            out[f"{body}.model.{key[len(prefix):]}"] = value
+        else:
+            out[key] = value
+    rules = [
+        (r"(encoder\.body\..+)", r"\1"),
+        (r"decoder\.feature_norms\.(\d)\.(\w+)", r"encoder.norms.\1.\2"),
+        (r"decoder\.psp\.blocks\.(\d)\.1\.([01])\.(\w+)", r"decoder.ppm.stages.\1.1.\2.\3"),
+        (r"decoder\.psp\.out_conv\.([01])\.(\w+)", r"decoder.ppm_fuse.\1.\2"),
+        (r"(decoder\.(lateral|smooth)\..+)", r"\1"),
+        (r"decoder\.fusion_block\.([01])\.(\w+)", r"decoder.fuse.\1.\2"),
+        (r"segmentation_head\.0\.(\w+)", r"head.1.\1"),
+    ]
+    return "upernet", kwargs, rename(out, rules, source="smp UPerNet")
+
+
+ARCHITECTURES = {"Unet": unet, "Segformer": segformer, "DeepLabV3": deeplabv3, "FPN": fpn, "UPerNet": upernet}
