@@ -68,7 +68,8 @@ class TimmEncoder(nn.Module):
                                   f"checkpoint or 'imagenet' to download")
             kwargs["pretrained"] = True
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
-        if timm.models.model_entrypoint(name).__module__.endswith(("swin_transformer", "swin_transformer_v2")):
+        family = timm.models.model_entrypoint(name.split(".")[0]).__module__  # a pretrained tag is not part of it
+        if family.endswith(("swin_transformer", "swin_transformer_v2")):
             # Swin: any input size (timm pads to the window inside each block) instead of the trained size only.
             kwargs["strict_img_size"] = False
         self.model = timm.create_model(name, **kwargs)
