@@ -42,3 +42,27 @@ def test_segformer(tmp_path):
     torch.manual_seed(0)
     ref = smp.Segformer(encoder_name="mit_b0", encoder_weights=None, classes=4, decoder_segmentation_channels=32)
     _check(randomise(ref, std=0.05), tmp_path)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "tu-resnet18"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_deeplabv3(encoder, output_stride, tmp_path):
+    torch.manual_seed(0)
+    ref = smp.DeepLabV3(encoder_name=encoder, encoder_weights=None, classes=3, encoder_output_stride=output_stride,
+                        decoder_atrous_rates=(6, 12, 18) if output_stride == 16 else (12, 24, 36))
+    _check(randomise(ref, std=0.05), tmp_path)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "tu-resnet18"])
+def test_fpn(encoder, tmp_path):
+    torch.manual_seed(0)
+    ref = smp.FPN(encoder_name=encoder, encoder_weights=None, classes=3, decoder_pyramid_channels=32,
+                  decoder_segmentation_channels=32)
+    _check(randomise(ref, std=0.05), tmp_path)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "tu-convnext_atto"])
+def test_upernet(encoder, tmp_path):
+    torch.manual_seed(0)
+    ref = smp.UPerNet(encoder_name=encoder, encoder_weights=None, classes=3, decoder_channels=32)
+    _check(randomise(ref, std=0.05), tmp_path)

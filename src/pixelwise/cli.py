@@ -395,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("convert", help="convert a checkpoint trained elsewhere into a pixelwise model folder")
-    p.add_argument("src", help="the peer's checkpoint (torchvision: a .pth state dict; smp, hf: "
+    p.add_argument("src", help="the peer's checkpoint (torchvision, mmseg: a .pth state dict; smp, hf: "
                                       "a save_pretrained folder)")
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "smp", "hf"],
+    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "smp", "hf", "mmseg"],
                    help="where the checkpoint comes from")
     p.add_argument("--out", required=True, help="model folder to write")
     p.set_defaults(func=_cmd_convert)

@@ -8,6 +8,7 @@ Sources:
     torchvision: a state-dict file of torchvision.models.segmentation (fcn_resnet50/101,
           deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large).
     smp:  a folder written by smp's ``save_pretrained`` (config.json with ``_model_class``): Unet, Segformer.
+    mmseg: an MMSegmentation checkpoint (``.pth``; its ``state_dict`` entry): SegFormer, PSPNet.
     hf:   a transformers model folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``):
           SegformerForSemanticSegmentation, UperNetForSemanticSegmentation (ConvNeXt), DPTForSemanticSegmentation.
 """
@@ -21,13 +22,13 @@ from torch import Tensor, nn
 
 from ..encoders import load_state_file
 from ..errors import ConfigError
-from . import hf, smp
+from . import hf, mmseg, smp
 from . import torchvision as tv
 from .keymap import load_into
 
 __all__ = ["SOURCES", "convert", "convert_state", "build_converted"]
 
-SOURCES = ("torchvision", "smp", "hf")
+SOURCES = ("torchvision", "smp", "hf", "mmseg")
 
 
 def build_converted(kwargs: dict, name: str, state: dict[str, Tensor], *, source: str) -> nn.Module:
@@ -56,6 +57,9 @@ def convert_state(source: str, state: dict[str, Tensor], config: dict) -> nn.Mod
             raise ConfigError(f"smp model {arch!r} is not converted yet; supported: {', '.join(smp.ARCHITECTURES)}")
         name, kwargs, renamed = smp.ARCHITECTURES[arch](config, state)
         return build_converted(kwargs, name, renamed, source=f"smp {arch}")
+    if source == "mmseg":
+        name, kwargs, renamed = mmseg.convert(state)
+        return build_converted(kwargs, name, renamed, source=f"MMSegmentation {name}")
     if source == "torchvision":
         name, kwargs, renamed = tv.convert(state)
         return build_converted(kwargs, name, renamed, source=f"torchvision {name}")
@@ -119,7 +123,7 @@ def convert(src: str | Path, *, source: str, out: str | Path) -> Path:
     src = Path(src)
     if source == "hf":
         config, state = _read_hf(src)
-    elif source == "torchvision":
+    elif source in ("torchvision", "mmseg"):
         config, state = {}, load_state_file(src)
     elif source == "smp":
         config, state = _read_smp(src)

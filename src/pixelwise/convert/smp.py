@@ -1,12 +1,13 @@
-"""segmentation_models.pytorch (smp) checkpoints -> pixelwise: ``Unet`` and ``Segformer``.
+"""segmentation_models.pytorch (smp) checkpoints -> pixelwise: ``Unet``, ``Segformer``, ``DeepLabV3``, ``FPN`` and ``UPerNet``.
 
 Input: the folder smp's ``save_pretrained`` writes (``config.json`` with ``_model_class`` and
 the constructor arguments, ``model.safetensors``). smp is not imported. Encoders: smp's
 ResNets (``resnet18`` ... ``resnet152``, torchvision's layout, which timm's ResNets share),
 ``tu-NAME`` (smp's timm wrapper: the same ``model.*`` keys as pixelwise's timm encoder) and
 ``mit_b0`` ... ``mit_b5``. What differs from pixelwise's defaults is reproduced by options:
-U-Net ``upsampling="nearest"`` and ``head_kernel=3`` (smp's decoder and head), SegFormer
-``upsample_align_corners=True`` (smp's ``nn.Upsample(align_corners=True)`` head).
+U-Net ``upsampling="nearest"`` and ``head_kernel=3`` (smp's decoder and head), SegFormer and
+DeepLabV3 ``upsample_align_corners=True`` (smp's ``nn.Upsample(align_corners=True)`` head),
+DeepLabV3 ``encoder_dilation="smp"`` (smp's ``make_dilated`` on its own ResNets).
 """
 
 from __future__ import annotations
@@ -126,4 +127,94 @@ def segformer(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[s
     return "segformer", kwargs, rename(out, rules + [(r"(decoder\.proj\..+)", r"\1")], source="smp Segformer")
 
 
-ARCHITECTURES = {"Unet": unet, "Segformer": segformer}
+def deeplabv3(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``DeepLabV3`` -> ``create_model("deeplabv3", encoder_dilation="smp", upsample_align_corners=True, ...)``."""
+    if config.get("decoder_aspp_separable", False) or int(config.get("decoder_channels", 256)) != 256:
+        raise ConfigError("only smp DeepLabV3 with decoder_channels=256 and a plain (not separable) ASPP is converted")
+    if config.get("upsampling") not in (None, config.get("encoder_output_stride", 8)) or config.get("aux_params"):
+        raise ConfigError("smp DeepLabV3 with a custom upsampling or aux_params is not converted")
+    encoder, rules = _encoder(config)
+    kwargs = {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3)),
+              "encoder": encoder, "output_stride": int(config.get("encoder_output_stride", 8)),
+              "rates": list(config.get("decoder_atrous_rates", [12, 24, 36])), "aux": False,
+              "upsample_align_corners": True,
+              # smp dilates its own ResNets with make_dilated; tu- encoders use timm's output_stride.
+              "encoder_dilation": "smp" if config.get("encoder_name", "resnet34") in RESNETS else "timm"}
+    rules = rules + [
+        (r"decoder\.aspp\.convs\.([0-3])\.([01])\.(\w+)", r"decoder.0.branches.\1.\2.\3"),
+        (r"decoder\.aspp\.convs\.4\.1\.(\w+)", r"decoder.0.branches.4.1.0.\1"),
+        (r"decoder\.aspp\.convs\.4\.2\.(\w+)", r"decoder.0.branches.4.1.1.\1"),
+        (r"decoder\.aspp\.project\.([01])\.(\w+)", r"decoder.0.project.0.\1.\2"),
+        (r"decoder\.conv\.(\w+)", r"decoder.1.0.\1"),
+        (r"decoder\.bn\.(\w+)", r"decoder.1.1.\1"),
+        (r"segmentation_head\.0\.(\w+)", r"head.\1"),
+    ]
+    return "deeplabv3", kwargs, rename(state, rules, source="smp DeepLabV3")
+
+
+def fpn(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``FPN`` -> ``create_model("fpn", smooth=False, align_corners=True, ...)``."""
+    if config.get("decoder_merge_policy", "add") != "add" or config.get("decoder_interpolation", "nearest") != "nearest":
+        raise ConfigError("only smp FPN with decoder_merge_policy='add' and nearest interpolation is converted")
+    if config.get("upsampling", 4) != 4 or config.get("aux_params"):
+        raise ConfigError("smp FPN with a custom upsampling or aux_params is not converted")
+    encoder, rules = _encoder(config)
+    kwargs = {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3)),
+              "encoder": encoder, "fpn_channels": int(config.get("decoder_pyramid_channels", 256)),
+              "head_channels": int(config.get("decoder_segmentation_channels", 128)), "smooth": False,
+              "align_corners": True}
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"decoder\.seg_blocks\.(\d)\.block\.(\d)\.block\.([012])\.(\w+)", key)
+        if m:  # smp's block k starts at P(5-k); its Sequential(conv, GroupNorm, ReLU) is indexed 0/1/2
+            out[f"decoder.branches.{3 - int(m[1])}.{m[2]}.{m[3]}.{m[4]}"] = value
+        else:
+            out[key] = value
+    rules = rules + [
+        (r"decoder\.p5\.(\w+)", r"decoder.fpn.lateral.3.\1"),
+        (r"decoder\.p4\.skip_conv\.(\w+)", r"decoder.fpn.lateral.2.\1"),
+        (r"decoder\.p3\.skip_conv\.(\w+)", r"decoder.fpn.lateral.1.\1"),
+        (r"decoder\.p2\.skip_conv\.(\w+)", r"decoder.fpn.lateral.0.\1"),
+        (r"(decoder\.branches\..+)", r"\1"),
+        (r"segmentation_head\.0\.(\w+)", r"head.\1"),
+    ]
+    return "fpn", kwargs, rename(out, rules, source="smp FPN")
+
+
+def upernet(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``UPerNet`` -> ``create_model("upernet", out_norm=True, aux=False, upsample_align_corners=True, ...)``."""
+    if config.get("upsampling", 4) != 4 or config.get("aux_params") or config.get("decoder_use_norm",
+                                                                                  "batchnorm") != "batchnorm":
+        raise ConfigError("only smp UPerNet with upsampling=4, batch norm and no aux_params is converted")
+    encoder, _ = _encoder(config)
+    from ..encoders import build_encoder
+
+    levels = len(build_encoder(encoder, in_channels=int(config.get("in_channels", 3))).out_channels)
+    body = "encoder.body.body" if levels > 4 else "encoder.body"
+    prefix = "encoder.model." if config.get("encoder_name", "").startswith("tu-") else "encoder."
+    kwargs = {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3)),
+              "encoder": encoder, "out_norm": True, "aux": False, "channels": int(config.get("decoder_channels", 256)),
+              "upsample_align_corners": True}
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"decoder\.fpn_(lateral|conv)_blocks\.(\d)\.(?:conv_norm_relu\.)?([012])\.(\w+)", key)
+        if m:  # smp lists the FPN levels deepest first
+            target = "lateral" if m[1] == "lateral" else "smooth"
+            out[f"decoder.{target}.{2 - int(m[2])}.{m[3]}.{m[4]}"] = value
+        elif key.startswith(prefix):
+            out[f"{body}.model.{key[len(prefix):]}"] = value
+        else:
+            out[key] = value
+    rules = [
+        (r"(encoder\.body\..+)", r"\1"),
+        (r"decoder\.feature_norms\.(\d)\.(\w+)", r"encoder.norms.\1.\2"),
+        (r"decoder\.psp\.blocks\.(\d)\.1\.([01])\.(\w+)", r"decoder.ppm.stages.\1.1.\2.\3"),
+        (r"decoder\.psp\.out_conv\.([01])\.(\w+)", r"decoder.ppm_fuse.\1.\2"),
+        (r"(decoder\.(lateral|smooth)\..+)", r"\1"),
+        (r"decoder\.fusion_block\.([01])\.(\w+)", r"decoder.fuse.\1.\2"),
+        (r"segmentation_head\.0\.(\w+)", r"head.1.\1"),
+    ]
+    return "upernet", kwargs, rename(out, rules, source="smp UPerNet")
+
+
+ARCHITECTURES = {"Unet": unet, "Segformer": segformer, "DeepLabV3": deeplabv3, "FPN": fpn, "UPerNet": upernet}

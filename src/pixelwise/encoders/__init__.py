@@ -28,6 +28,7 @@ def build_encoder(
     weights: str | None = None,
     output_stride: int = 32,
     timm_kwargs: dict | None = None,
+    dilation: str = "timm",
 ) -> nn.Module:
     """Build an encoder by name.
 
@@ -36,7 +37,8 @@ def build_encoder(
     ``output_stride`` 8 or 16 replaces the last strides by dilation (DeepLab style).
     A plain ViT-style timm model (ViT, DeiT, DINOv2, EVA) becomes a four-level encoder by
     DPT reassembly (``encoders/vit.py``); Swin works at any input size. ``timm_kwargs`` go to
-    ``timm.create_model`` (small test networks: ``embed_dim``, ``depth``...).
+    ``timm.create_model`` (small test networks: ``embed_dim``, ``depth``...). ``dilation="smp"``
+    dilates timm encoders the way smp's ``make_dilated`` does (converted smp DeepLab models).
     """
     if name in ENCODERS:
         return ENCODERS[name](in_channels=in_channels, weights=weights, output_stride=output_stride)
@@ -52,7 +54,7 @@ def build_encoder(
                               f"output_stride={output_stride}; use output_stride=32 or a CNN encoder")
         return _vit.ViTEncoder(name, in_channels=in_channels, weights=weights, timm_kwargs=timm_kwargs)
     return _timm.TimmEncoder(name, in_channels=in_channels, weights=weights, output_stride=output_stride,
-                             timm_kwargs=timm_kwargs)
+                             timm_kwargs=timm_kwargs, dilation=dilation)
 
 
 def list_encoders() -> dict[str, list[str]]:

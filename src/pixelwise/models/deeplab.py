@@ -76,17 +76,20 @@ class DeepLabV3PlusDecoder(nn.Module):
 @register(MODELS, "deeplabv3")
 def deeplabv3(*, num_classes: int, in_channels: int = 3, encoder: str = "resnet50", encoder_weights: str | None = None,
               output_stride: int = 8, rates: list[int] | None = None, aux: bool = True, aux_weight: float = 0.4,
-              separable: bool = False, pad_multiple: int | None = None) -> SegmentationModel:
+              separable: bool = False, pad_multiple: int | None = None, encoder_dilation: str = "timm",
+              upsample_align_corners: bool = False) -> SegmentationModel:
     """DeepLab v3 (Chen et al. 2017): dilated encoder (output stride 8/16) + ASPP with image pooling.
 
     ``aux=True`` adds torchvision's auxiliary FCN head on the stride-16 stage (training only).
     ``pad_multiple=1`` runs odd sizes unpadded, as torchvision does (converted weights then match exactly).
+    ``encoder_dilation="smp"`` and ``upsample_align_corners=True`` reproduce smp's ``DeepLabV3``.
     """
-    enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights, output_stride=output_stride)
+    enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights, output_stride=output_stride,
+                        **({"dilation": encoder_dilation} if encoder_dilation != "timm" else {}))
     dec = DeepLabV3Decoder(enc.out_channels[-1], rates=_rates(output_stride, rates), separable=separable)
     aux_head = AuxHead(enc.out_channels[-2], num_classes) if aux else None
     return SegmentationModel(enc, dec, nn.Conv2d(dec.out_channels, num_classes, 1), aux_head, aux_weight=aux_weight,
-                             pad_multiple=pad_multiple)
+                             pad_multiple=pad_multiple, upsample_align_corners=upsample_align_corners)
 
 
 @register(MODELS, "deeplabv3plus")

@@ -87,13 +87,15 @@ class FCNAuxHead(nn.Module):
 def upernet(*, num_classes: int, in_channels: int = 3, encoder: str = "convnext_tiny",
             encoder_weights: str | None = None, channels: int = 512, bins: list[int] | None = None,
             out_norm: bool = False, aux: bool = True, aux_channels: int = 256, aux_weight: float = 0.4,
-            dropout: float = 0.1, encoder_kwargs: dict | None = None) -> SegmentationModel:
+            dropout: float = 0.1, encoder_kwargs: dict | None = None,
+            upsample_align_corners: bool = False) -> SegmentationModel:
     """UPerNet (Xiao et al. 2018): PPM + FPN fusion head on any four-level encoder (ConvNeXt, Swin, ResNet, MiT).
 
     Defaults follow the ConvNeXt/Swin ADE20K setup: 512 channels, bins 1/2/3/6, FCN auxiliary
     head (256 channels) on the stride-16 level, loss weight 0.4. ``out_norm=True`` with
     ``convnext_tiny`` is transformers' / MMSegmentation's UPerNet-ConvNeXt-T (60,242,636 parameters
-    for 150 classes). ``encoder_kwargs`` go to ``timm.create_model``.
+    for 150 classes). ``encoder_kwargs`` go to ``timm.create_model``. ``out_norm=True, aux=False,
+    channels=256, upsample_align_corners=True`` is smp's ``UPerNet``.
     """
     enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights, timm_kwargs=encoder_kwargs)
     if len(enc.out_channels) < 4:
@@ -105,7 +107,8 @@ def upernet(*, num_classes: int, in_channels: int = 3, encoder: str = "convnext_
     dec = UPerHead(enc.out_channels, channels=channels, bins=tuple(bins or (1, 2, 3, 6)))
     head = nn.Sequential(nn.Dropout2d(dropout) if dropout else nn.Identity(), nn.Conv2d(channels, num_classes, 1))
     aux_head = FCNAuxHead(enc.out_channels[2], num_classes, channels=aux_channels) if aux else None
-    return SegmentationModel(enc, dec, head, aux_head, aux_weight=aux_weight)
+    return SegmentationModel(enc, dec, head, aux_head, aux_weight=aux_weight,
+                             upsample_align_corners=upsample_align_corners)
 
 
 class _LastLevels(nn.Module):
