@@ -12,8 +12,8 @@ import torch
 from convert_helpers import randomise
 from pixelwise import create_model
 from pixelwise.convert import convert
-from pixelwise.engine.checkpoint import load_model
 from pixelwise.errors import ConfigError
+from pixelwise.hub import load_model
 
 # Heads are not in the weights: the converter assumes the paper's 1/2/5/8, so the widths divide by them.
 TINY_MIT = {"dims": [8, 16, 40, 64], "depths": [1, 2, 1, 1], "heads": [1, 2, 5, 8], "ratios": [8, 4, 2, 1]}
