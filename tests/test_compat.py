@@ -72,8 +72,9 @@ def test_activation_is_applied_and_save_load_round_trips(tmp_path):
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 64, 64))
     torch.testing.assert_close(probs, model.net(x).softmax(1))
     pixelwise.save(model, tmp_path / "m")
-    loaded, _ = pixelwise.load(tmp_path / "m")
-    torch.testing.assert_close(loaded(x), model.net(x))
+    loaded = pixelwise.load(tmp_path / "m")  # the smp-style interface comes back, activation included
+    torch.testing.assert_close(loaded(x), probs)
+    assert loaded.saved_config["card"]["interface"] == {"kind": "smp", "activation": "softmax2d"}
     with pytest.raises(ConfigError, match="activation 'relu6' is unknown"):
         pixelwise.Unet(encoder_name="resnet18", activation="relu6")
 

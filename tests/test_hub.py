@@ -25,7 +25,8 @@ def test_save_load_round_trip(tmp_path):
     assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["model"] == {"name": "unet", "num_classes": 3, "base_channels": 4, "depth": 2, "norm": "batch"}
-    again, meta = load(tmp_path / "m")
+    again = load(tmp_path / "m")
+    meta = again.saved_config
     x = torch.randn(1, 3, 20, 20)
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
@@ -51,7 +52,7 @@ def test_resolve_recovers_from_a_swap_interrupted_between_renames(tmp_path):
     # Simulate a kill after "last" was renamed away but before the new copy took its place.
     target.rename(tmp_path / ".last.old")
     assert ckpt.resolve(target) == tmp_path / ".last.old"
-    model, _ = load(target)
+    model = load(target)
     assert isinstance(model, torch.nn.Module)
 
 
@@ -113,7 +114,7 @@ def test_a_folder_loads_and_predicts_with_its_weight_file_deleted_and_no_network
     save(model, tmp_path / "m", {"data": {"num_classes": 3, "class_names": ["a", "b", "c"],
                                           "mean": [0.5] * 3, "std": [0.25] * 3}})
     weights.unlink()
-    again, _ = load(tmp_path / "m")
+    again = load(tmp_path / "m")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
@@ -130,7 +131,7 @@ def test_an_older_folder_naming_imagenet_loads_without_a_download(tmp_path, no_n
     config = json.loads(path.read_text())
     config["model"]["encoder_weights"] = "imagenet"
     path.write_text(json.dumps(config))
-    again, _ = load(tmp_path / "m")
+    again = load(tmp_path / "m")
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(again(x), model(x))

@@ -38,7 +38,7 @@ def _image(h=40, w=52, seed=0):
 
 def _reference_probs(folder, image):
     """The model run by hand: numpy normalisation, a plain forward, softmax."""
-    model, _ = pixelwise.load(folder)
+    model = pixelwise.load(folder)
     x = (image.astype(np.float64) / 255.0 - np.array(MEAN)) / np.array(STD)
     with torch.no_grad():
         logits = model(torch.tensor(x.transpose(2, 0, 1)[None], dtype=torch.float32))

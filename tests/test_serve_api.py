@@ -181,3 +181,22 @@ def test_gate_refuses_beyond_capacity_and_gives_places_back():
         ticket.release()
         assert info.value.status == 503 and gate.held == 0
     asyncio.run(scenario())
+
+
+def test_model_card_shows_no_server_paths(segmenter, tmp_path):
+    from pixelwise.serve.app import model_card
+
+    secret = str(tmp_path / "private" / "r18_local.pth")
+    original = segmenter.model.config
+    segmenter.model.config = {**original, "encoder_weights": secret,
+                              "notes": [{"data_root": str(tmp_path / "data")}], "plain": "imagenet"}
+    try:
+        card = model_card(segmenter, ServeLimits())
+        served = TestClient(create_app(segmenter, ServeLimits())).get("/v1/model").json()
+    finally:
+        segmenter.model.config = original  # the fixture is shared by the module
+    text = str(card)
+    assert str(tmp_path) not in text
+    assert card["architecture"]["encoder_weights"] == "r18_local.pth"  # the file's name is still told
+    assert card["architecture"]["notes"] == [{"data_root": "data"}] and card["architecture"]["plain"] == "imagenet"
+    assert served["architecture"] == card["architecture"]

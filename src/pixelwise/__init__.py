@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import export as _export  # noqa: F401  (registers the Segmenter's ONNX Runtime backends)
 from . import losses
 from .compat import DPT, FPN, DeepLabV3, DeepLabV3Plus, PSPNet, Segformer, Unet, UnetPlusPlus, UPerNet
-from .hub import load_model as load
+from .hub import load
 from .hub import save_model as save
 from .infer.segmenter import Segmenter, SegmentResult
 from .models import create_model, list_models

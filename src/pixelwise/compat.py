@@ -107,7 +107,8 @@ class SmpStyleModel(nn.Module):
     The classification head is not part of the saved pixelwise folder (``pixelwise.save``
     writes the segmentation network); save ``model.classification_head.state_dict()`` yourself.
     The state dict and ``config`` are the inner network's, so ``pixelwise.save`` writes a
-    normal pixelwise model folder (the activation is not part of it: it has no weights).
+    normal pixelwise model folder; the activation's name goes into its card, and
+    ``pixelwise.load`` returns an smp-style model with that activation again.
     """
 
     def __init__(self, net: nn.Module, activation: str | Callable | None = None,
@@ -116,6 +117,10 @@ class SmpStyleModel(nn.Module):
         self.net = net
         self.activation = _activation(activation)
         self.config = net.config
+        # Saved in the folder's card so pixelwise.load gives back the same interface; a callable
+        # activation cannot be written down, so it is not restored (said so in the card).
+        self.interface = {"kind": "smp", "activation": activation if isinstance(activation, str) or activation is None
+                          else f"unsaved callable {getattr(activation, '__name__', type(activation).__name__)}"}
         self.classification_head = ClassificationHead(net.encoder.out_channels[-1], **aux_params) if aux_params else None
         self._deepest: Tensor | None = None
         if self.classification_head is not None:

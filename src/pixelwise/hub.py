@@ -25,6 +25,7 @@ import inspect
 import json
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -106,6 +107,9 @@ def write_model(tmp: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     card = dict(meta.get("card") or {})
     card.setdefault("task", meta.get("task", "instance" if build.get("name") in INSTANCE_MODELS else "semantic"))
     card["provenance"] = {**card.get("provenance", {}), **sources}
+    interface = getattr(model, "interface", None)  # e.g. an smp-style wrapper's activation (no weights)
+    if interface:
+        card["interface"] = interface
     config = {"model": build, **meta, "card": card}
     (tmp / CONFIG).write_text(json.dumps(config, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -164,6 +168,26 @@ def load_model(folder: str | Path, *, device: str | torch.device = "cpu") -> tup
     model = build_offline(config["model"])
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.to(device).eval(), config
+
+
+def load(folder: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """``pixelwise.load``: the saved model as one object, in eval mode, with its folder's
+    ``config.json`` as ``model.saved_config``. A folder saved from an smp-style model
+    (``pixelwise.Unet(..., activation="sigmoid")``) comes back as one, activation included;
+    :func:`load_model` gives the bare network (logits) that inference uses."""
+    model, config = load_model(folder, device=device)
+    interface = (config.get("card") or {}).get("interface") or {}
+    if interface.get("kind") == "smp":
+        from .compat import SmpStyleModel
+
+        activation = interface.get("activation")
+        if isinstance(activation, str) and activation.startswith("unsaved callable"):
+            warnings.warn(f"{folder}: the model was saved with an activation given as a callable ({activation}), "
+                          f"which a folder cannot hold; it is loaded without one", RuntimeWarning, stacklevel=2)
+            activation = None
+        model = SmpStyleModel(model, activation).eval()
+    model.saved_config = config
+    return model
 
 
 def write_card(folder: str | Path, model_cfg: dict[str, Any], meta: dict[str, Any]) -> Path:

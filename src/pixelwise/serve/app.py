@@ -20,6 +20,7 @@ import copy
 import difflib
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +49,18 @@ def _task(segmenter: Segmenter | InstanceSegmenter) -> str:
     return getattr(segmenter, "task", "semantic")
 
 
+def _public(value: Any) -> Any:
+    """``value`` with every absolute file path cut to its file name: clients see what the model
+    is, not where the server keeps its files (weight sources, data roots, run folders)."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_public(v) for v in value]
+    if isinstance(value, str) and (value.startswith("/") or (len(value) > 2 and value[1] == ":" and value[2] in "\\/")):
+        return Path(value).name
+    return value
+
+
 def model_card(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits,
                budget: MemoryBudget | None = None) -> dict[str, Any]:
     """What a client needs to know: architecture, task, query options, classes and colours, input
@@ -56,7 +69,7 @@ def model_card(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits,
     task = _task(segmenter)
     card = {
         "name": config.get("name", type(segmenter.model).__name__),
-        "architecture": config,
+        "architecture": _public(config),
         "task": task,
         "options": ["score_threshold", "output"] if task == "instance" else [*SEMANTIC_ONLY, "output"],
         "classes": [{"id": i, "name": n, "color": hex_color(segmenter.palette[i])}
@@ -64,7 +77,7 @@ def model_card(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits,
         "input": {"color": "RGB (grey and RGBA are converted)", "dtype": "uint8", "any_size": True,
                   "normalisation": {"mean": segmenter.mean, "std": segmenter.std, "scale": "pixel / 255"},
                   "tile_hint": segmenter.tile, "formats": ["PNG", "JPEG", "BMP", "TIFF", "WEBP"]},
-        "metrics": segmenter.config.get("scores"),
+        "metrics": _public(segmenter.config.get("scores")),
         "limits": limits.as_dict(),
     }
     if budget is not None:
