@@ -93,3 +93,11 @@ def test_precision_note_says_why(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
     assert runtime.precision_note(cpu, "bf16").startswith("bf16 autocast (this CPU has native bf16")
     assert runtime.precision_note(cpu, "none") == "fp32 (amp: none)"
+
+
+def test_training_prints_scores_in_percent_as_eval_does():
+    from pixelwise.train.loop import format_record
+
+    line = format_record({"epoch": 2, "step": 40, "train_loss": 0.123456, "miou": 0.88314, "pixel_accuracy": 0.99,
+                          "mean_dice": 0.9})
+    assert line == "epoch 2, step 40, train_loss 0.1235, mIoU 88.31%, pixel acc 99.00%, mDice 90.00%"

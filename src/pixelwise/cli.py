@@ -80,7 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line per job, from rank 0
         return 0
-    print(f"done: {state['step']} steps, best validation mIoU {state['best_miou']:.4f}; "
+    print(f"done: {state['step']} steps, best validation mIoU {100 * state['best_miou']:.2f}%; "
           f"checkpoints in {Path(cfg.train.out_dir) / 'best'} and {Path(cfg.train.out_dir) / 'last'}")
     if not args.no_report:
         from .train.run_report import write_run_report
@@ -200,7 +200,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, progress=not args.quiet)
     print(result["table"])
-    print(f"\nfinal validation mIoU: {result['scores']['miou']:.4f}")
+    print(f"\nfinal validation mIoU: {result['scores']['miou']:.4f} ({100 * result['scores']['miou']:.2f}%)")
     print(f"report: {Path(result['report']).resolve()}")
     return 0
 

@@ -56,6 +56,20 @@ def _check_cfg(cfg: ExperimentCfg, device: torch.device) -> None:
         raise ConfigError(f"train.early_stop_patience must be >= 1 or null, got {t.early_stop_patience}")
 
 
+_PERCENT = {"miou": "mIoU", "pixel_accuracy": "pixel acc", "mean_dice": "mDice"}
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One validation record for people: scores in percent, as ``pixelwise eval`` prints them."""
+    parts = []
+    for key, value in record.items():
+        if key in _PERCENT and isinstance(value, float):
+            parts.append(f"{_PERCENT[key]} {100 * value:.2f}%")
+        else:
+            parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
+    return ", ".join(parts)
+
+
 def train(cfg: ExperimentCfg, *, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Train ``cfg``; returns the trainer state (step, epoch, best mIoU, history).
@@ -277,7 +291,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
         state.update(step=step, epoch=epoch + 1, epoch_step=0, stopped_early=stop_early)
         save_last()
         if progress:
-            tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            tqdm.write(format_record(record))
         if stop_early:
             if progress:
                 tqdm.write(f"early stop: no better validation mIoU for {state['stale']} validation(s)")
