@@ -79,3 +79,26 @@ def test_in_channels_that_the_images_cannot_feed_fail_in_check_and_before_traini
     with pytest.raises(ConfigError, match=r"in_channels is 1 but split 'val' delivers 3-channel.*in_channels: 3"):
         train(config.load(cfg_path), progress=False)
     assert not (tmp_path / "run" / "last").exists()
+
+
+def test_train_checks_the_data_before_step_one_and_can_skip_it(tmp_path, capsys):
+    good = [_blob(1)] * 4
+    _split(tmp_path / "data" / "train", good)
+    _split(tmp_path / "data" / "val", [_blob(1)] * 2)
+    bad = np.zeros((16, 20), np.uint8)
+    bad[2:5, 2:5] = 9  # label 9 with num_classes 2, in the last file of the epoch's order
+    Image.fromarray(bad).save(tmp_path / "data" / "train" / "masks" / "m3.png")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "model": {"name": "unet", "args": {"base_channels": 4, "depth": 2}},
+        "data": {"dataset": "folder", "root": str(tmp_path / "data"), "num_classes": 2, "crop_size": 16,
+                 "batch_size": 2},
+        "train": {"max_steps": 2, "out_dir": str(tmp_path / "run")}}))
+    assert main(["train", str(cfg_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "pre-flight data check found 1 error(s) before training started" in err
+    assert "m3.png" in err and "[9]" in err and "--no-preflight" in err
+    assert not (tmp_path / "run").exists()  # nothing started, nothing lost
+    Image.fromarray(_blob(1)).save(tmp_path / "data" / "train" / "masks" / "m3.png")
+    assert main(["train", str(cfg_path)]) == 0
+    assert "pre-flight: 6 image/mask pairs read in" in capsys.readouterr().out

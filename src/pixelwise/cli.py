@@ -77,6 +77,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.resume:
             check_fresh(cfg.train.out_dir, overwrite=args.overwrite)
         return _instance_train(cfg, resume=args.resume, quiet=args.quiet)
+    if not args.no_preflight and not args.resume and os.environ.get("RANK", "0") == "0":
+        import time
+
+        from .data.check import preflight
+
+        tic = time.perf_counter()
+        report = preflight(cfg)
+        if report is not None and not args.quiet:
+            pairs = sum(split.pairs for split in report.splits)
+            warnings_ = sum(len(split.problems) - len(split.errors) for split in report.splits)
+            print(f"pre-flight: {pairs} image/mask pairs read in {time.perf_counter() - tic:.1f} s, no errors"
+                  + (f", {warnings_} warning(s) (pixelwise check shows them)" if warnings_ else "")
+                  + "; --no-preflight skips this")
     state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line per job, from rank 0
         return 0
@@ -290,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "mid-run (epochs, max_steps, log/val_every, device, ...) may differ")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT_DIR (default: refuse)")
     p.add_argument("--no-report", action="store_true", help="skip OUT_DIR/report.html at the end")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the data check before step 1 (every train/val pair read once, in parallel)")
     common(p)
     p.set_defaults(func=_cmd_train)
 

@@ -262,3 +262,29 @@ def check_dataset(cfg, splits: list[str] | tuple[str, ...] | None = None, *,
             f"model.in_channels is {in_channels} but the images are read as RGB (3 channels; grey files are "
             f"replicated), so training would fail at its first step; set model.in_channels: 3"))
     return CheckReport(splits=reports)
+
+
+def preflight(cfg, *, workers: int | None = None) -> CheckReport | None:
+    """The check ``pixelwise train`` runs before step 1: every pair of the train and validation
+    splits is read once, in parallel, so a bad file stops the run before any work is lost.
+
+    Returns the report (None for generated datasets and readers the checker cannot read raw);
+    raises :class:`DataError` listing the errors, each with its file and fix."""
+    data = cfg.data if hasattr(cfg, "data") else cfg
+    if data.dataset == "synthetic":
+        return None  # generated from a seed: nothing on disk to check
+    try:
+        report = check_dataset(cfg, workers=workers)
+    except ConfigError as err:
+        if "no load(index)" in str(err):
+            return None  # a reader without raw access: the first epoch reads it anyway
+        raise
+    if not report.ok:
+        errors = [p for split in report.splits for p in split.errors]
+        shown = "\n".join(f"  {p.kind}: {p.message}" for p in errors[:10])
+        more = (f"\n  ... and {len(errors) - 10} more (pixelwise check CONFIG --json FILE lists all)"
+                if len(errors) > 10 else "")
+        raise DataError(f"the pre-flight data check found {len(errors)} error(s) before training started:\n{shown}"
+                        f"{more}\nFix them (pixelwise check CONFIG shows the whole report), or skip this check with "
+                        f"--no-preflight")
+    return report
