@@ -167,8 +167,17 @@ def bench_model(key: str, sizes, args, device: torch.device, dtype: torch.dtype,
                 runners[side] = reuse_or_export(runners, ours, x, Path(tmp.name), device)
                 print(f"  {key} {side}px: ONNX graph traced at {runners[side]['traced_at']} px, export "
                       f"{runners[side]['export_seconds']:.0f} s", flush=True)
-            contenders["pixelwise ONNX Runtime fp32"] = (runners[side]["runner"], torch.float32)
-            if use_int8:
+            runner = runners[side]["runner"]
+            fixed = getattr(runner, "input_shape", None)
+            if fixed and all(isinstance(d, int) for d in fixed) and list(fixed) != list(x.shape):
+                # The model did not export with dynamic axes (the exporter fell back to a static file).
+                print(f"  {key}: ONNX file is static {list(fixed)}; no ONNX Runtime row at {list(x.shape)}",
+                      flush=True)
+                use_int8_here = False
+            else:
+                contenders["pixelwise ONNX Runtime fp32"] = (runner, torch.float32)
+                use_int8_here = use_int8
+            if use_int8_here:
                 fp32_file = runners[side]["runner"].path
                 if fp32_file not in int8:
                     int8[fp32_file] = int8_runner(fp32_file, side, torch.get_num_threads())

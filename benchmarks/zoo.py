@@ -47,6 +47,13 @@ ZOO: dict[str, Entry] = {
         "different networks under one name: pixelwise is the paper's (all four ResNet stages, dilated to "
         "output stride 8, 3x3 bottleneck), smp's default stops after stage 2 (encoder_depth=3) with a 1x1 "
         "bottleneck, several times fewer FLOPs; compare GFLOP/s, not milliseconds"),
+    "segformer_b0": Entry(
+        "SegFormer-B0", {"name": "segformer", "encoder": "mit_b0"}, "smp", 'smp.Segformer("mit_b0")',
+        "the same MiT-B0 encoder and all-MLP decoder (256 channels); smp's final 4x upsampling aligns corners"),
+    "upernet_convnext_tiny": Entry(
+        "UPerNet-ConvNeXt-T", {"name": "upernet", "encoder": "convnext_tiny", "aux": False}, "smp",
+        'smp.UPerNet("tu-convnext_tiny")', "pixelwise's default head has 512 channels (the ConvNeXt/Swin "
+        "ADE20K setup), smp's 256: different FLOPs, compare GFLOP/s", peer_kwargs={"encoder": "tu-convnext_tiny"}),
     "fcn_resnet50": Entry(
         "FCN-ResNet50", {"name": "fcn_dilated", "encoder": "tv:resnet50", "aux": False}, "torchvision",
         "torchvision.models.segmentation.fcn_resnet50()", peer_kwargs={"builder": "fcn_resnet50"}),
@@ -89,7 +96,7 @@ def build_peer(key: str, num_classes: int) -> nn.Module:
             raise SystemExit("segmentation_models_pytorch is not installed; `make bench` builds .venv-bench with "
                              "the peers, or pip install segmentation-models-pytorch") from err
         cls = getattr(smp, entry.peer_call.split("(")[0].split(".")[1])
-        encoder = entry.pixelwise["encoder"]
+        encoder = entry.peer_kwargs.get("encoder", entry.pixelwise["encoder"])
         return cls(encoder, encoder_weights=None, classes=num_classes)
     import torchvision
 
