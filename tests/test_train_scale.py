@@ -2,8 +2,8 @@
 frozen encoder, balanced sampling, aux weights, determinism, early stop, adversarial mode,
 graceful stop + mid-epoch resume, kill during a checkpoint write, logs and plots."""
 
-import json
 import csv
+import json
 import math
 import os
 import signal
