@@ -33,7 +33,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line per job, from rank 0
         return 0
     key = build_task(cfg).best_key  # best_miou, best_mask_ap
-    print(f"done: {state['step']} steps, best validation {key[5:].replace('_', ' ').replace('miou', 'mIoU')} "
+    shown = {"best_miou": "mIoU", "best_mask_ap": "mask AP"}.get(key, key[5:])
+    print(f"done: {state['step']} steps, best validation {shown} "
           f"{state[key]:.4f}; checkpoints in {Path(cfg.train.out_dir) / 'best'} and {Path(cfg.train.out_dir) / 'last'}")
     return 0
 
