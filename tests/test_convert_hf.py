@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
-from pixelwise.hub import load_model
 
 from convert_helpers import max_diff, randomise
 from pixelwise.convert import convert, convert_state
 from pixelwise.errors import ConfigError
+from pixelwise.hub import load_model
 
 T = pytest.importorskip("transformers", reason="transformers (the dev extra) builds the reference models")
 

@@ -17,8 +17,9 @@ from pixelwise.data.instances import SyntheticInstances, instance_collate
 from pixelwise.errors import TrainingError
 from pixelwise.metrics.coco import STATS
 from pixelwise.postprocess.instances import instances_to_semantic
+from pixelwise.tasks import instance as instance_task
 from pixelwise.tasks.instance import evaluate_instances, load_instance_model
-from pixelwise.train import instance as instance_engine
+from pixelwise.train.loop import train
 
 MODEL_ARGS = {"min_size": 64, "max_size": 64, "fpn_channels": 16, "anchor_scale": 4.0, "representation_size": 32,
               "mask_channels": 16, "mask_layers": 2, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
@@ -127,7 +128,7 @@ def test_resume_continues_the_step_count(trained):
 
 def test_nan_loss_names_the_images(tmp_path, monkeypatch):
     cfg = config.load(_config(tmp_path, max_steps=2))
-    build = instance_engine.build_instance_model
+    build = instance_task.build_instance_model
 
     def poisoned(cfg):
         model = build(cfg)
@@ -135,9 +136,9 @@ def test_nan_loss_names_the_images(tmp_path, monkeypatch):
         model.forward = lambda images, targets=None: {k: v * float("nan") for k, v in forward(images, targets).items()}
         return model
 
-    monkeypatch.setattr(instance_engine, "build_instance_model", poisoned)
+    monkeypatch.setattr(instance_task, "build_instance_model", poisoned)
     with pytest.raises(TrainingError, match="synthetic_instances_0000"):
-        instance_engine.train_instances(cfg, progress=False)
+        train(cfg, progress=False)
 
 
 def test_shipped_maskrcnn_config_trains(tmp_path, capsys):

@@ -50,7 +50,10 @@ def test_resume_uses_the_runs_config_and_lists_what_it_cannot_change(tmp_path, c
     assert "resume: train.max_steps 2 -> 4" in out
     trainer = yaml.safe_load((tmp_path / "run" / "last" / "trainer.json").read_text())
     assert trainer["step"] == 4
-    rates = [float(r.split(",")[3]) for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    import csv
+
+    with open(tmp_path / "run" / "log.csv", newline="") as fh:
+        rates = [float(row["lr"]) for row in csv.DictReader(fh)]
     assert max(rates) <= 0.05 + 1e-12 and max(rates) > 0.011  # the run's own lr, not the YAML's 0.01
 
 

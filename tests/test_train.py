@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from pixelwise import config
 from pixelwise.cli import main
 from pixelwise.errors import TrainingError
+from pixelwise.tasks import semantic as semantic_task
 from pixelwise.train import loop as train_mod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def test_max_steps_and_bf16_autocast(tmp_path, real_bf16):
 
 def test_nan_loss_stops_with_step_and_files_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path / "run", epochs=3)
-    real = train_mod.compute_loss
+    real = semantic_task.compute_loss
     calls = {"n": 0}
 
     def poisoned(loss_fn, output, target):
@@ -63,7 +64,7 @@ def test_nan_loss_stops_with_step_and_files_and_keeps_last_checkpoint(tmp_path, 
         loss = real(loss_fn, output, target)
         return loss * float("nan") if calls["n"] == 11 else loss  # step 10, in epoch 2
 
-    monkeypatch.setattr(train_mod, "compute_loss", poisoned)
+    monkeypatch.setattr(semantic_task, "compute_loss", poisoned)
     with pytest.raises(TrainingError, match=r"loss is nan at step 10 \(epoch 2\).*synthetic_\d{5}.*train.lr"):
         train_mod.train(cfg, progress=False)
     state = json.loads((tmp_path / "run" / "last" / "trainer.json").read_text())

@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 
 from pixelwise import config
 from pixelwise.errors import TrainingError
+from pixelwise.tasks import semantic
 from pixelwise.train import loop
 from pixelwise.train.guards import nonfinite_state
 
@@ -29,7 +30,7 @@ def test_infinite_running_var_with_a_finite_loss_stops_before_anything_is_saved(
         "data": {"dataset": "synthetic", "num_classes": 5, "crop_size": 32, "augment": "none", "batch_size": 4,
                  "train_samples": 16, "val_samples": 4},
         "train": {"epochs": 3, "lr": 0.01, "out_dir": str(tmp_path / "run"), "log_every": 1, "plots": False}})
-    real_build = loop.build_model
+    real_build = semantic.build_model
     calls = {"n": 0}
 
     def build(cfg):
@@ -44,7 +45,7 @@ def test_infinite_running_var_with_a_finite_loss_stops_before_anything_is_saved(
         bn.register_forward_pre_hook(corrupt)
         return model
 
-    monkeypatch.setattr(loop, "build_model", build)
+    monkeypatch.setattr(semantic, "build_model", build)  # what SemanticTask.build_model calls
     with pytest.raises(TrainingError, match=r"NaN/inf at step 5 \(epoch 2\).*running_var.*holds the last good"):
         loop.train(cfg, progress=False)
     for folder in ("last", "best"):

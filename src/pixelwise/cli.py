@@ -9,42 +9,7 @@ from pathlib import Path
 
 from .errors import PixelwiseError
 
-
-def _is_instance(model_name: str) -> bool:
-    from .tasks.instance import is_instance_model
-
-    return is_instance_model(model_name)
-
-
-def _instance_train(cfg, *, resume: bool, quiet: bool) -> int:
-    """``pixelwise train`` for an instance model: train, then print the best mask AP."""
-    from .train.instance import train_instances
-
-    state = train_instances(cfg, resume=resume, progress=not quiet)
-    out = Path(cfg.train.out_dir)
-    print(f"done: {state['step']} steps, best validation mask AP {state['best_mask_ap']:.4f}; "
-          f"checkpoints in {out / 'best'} and {out / 'last'}")
-    return 0
-
-
-def _instance_eval(cfg, *, checkpoint: str | None, split: str | None, quiet: bool) -> int:
-    """``pixelwise eval`` for an instance model: COCO box and mask AP on ``split``."""
-    from torch.utils.data import DataLoader
-
-    from .data.instances import instance_collate
-    from .runtime import resolve_device
-    from .tasks.instance import build_instance_dataset, evaluate_instances, format_scores, load_instance_model
-
-    device = resolve_device(cfg.train.device)
-    model, config = load_instance_model(checkpoint or Path(cfg.train.out_dir) / "best", device=device)
-    dataset = build_instance_dataset(cfg, split or cfg.data.val_split, train=False)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                        collate_fn=instance_collate)
-    names = config.get("data", {}).get("class_names") or [f"class_{i}" for i in range(cfg.data.num_classes)]
-    scores = evaluate_instances(model, loader, class_names=names, device=device, amp=cfg.train.amp,
-                                progress=not quiet)
-    print(format_scores(scores))
-    return 0
+FORMAT_DEFAULT = "png,color,overlay"
 
 
 def _instance_predict(checkpoint: str, inputs: list[str], out: str, *, device: str, amp: str, quiet: bool) -> int:
@@ -61,8 +26,9 @@ def _instance_predict(checkpoint: str, inputs: list[str], out: str, *, device: s
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import config
     from .runtime import resolve_device
+    from .tasks.select import build_task
     from .train.loop import train
-    from .train.run_dir import check_fresh, resume_config
+    from .train.run_dir import resume_config
 
     if args.resume and Path(args.config).is_dir():  # the run folder itself: its own config.yaml
         run = Path(args.config)
@@ -73,11 +39,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(given.train.out_dir, given)
     else:
         cfg = config.load(args.config, args.set)
-    if _is_instance(cfg.model.name):  # Mask R-CNN: its own loop, losses and COCO metrics
-        if not args.resume:
-            check_fresh(cfg.train.out_dir, overwrite=args.overwrite)
-        return _instance_train(cfg, resume=args.resume, quiet=args.quiet)
-    if not args.no_preflight and not args.resume and os.environ.get("RANK", "0") == "0":
+    task = build_task(cfg)
+    semantic = task.name == "semantic" and not cfg.data.multilabel and cfg.data.num_classes > 1
+    if semantic and not args.no_preflight and not args.resume and os.environ.get("RANK", "0") == "0":
         import time
 
         from .data.check import preflight
@@ -93,9 +57,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line per job, from rank 0
         return 0
-    print(f"done: {state['step']} steps, best validation mIoU {100 * state['best_miou']:.2f}%; "
+    key = task.best_key  # best_miou, best_mask_ap
+    shown = {"best_miou": "mIoU", "best_mask_ap": "mask AP"}.get(key, key[5:])
+    print(f"done: {state['step']} steps, best validation {shown} {100 * state[key]:.2f}%; "
           f"checkpoints in {Path(cfg.train.out_dir) / 'best'} and {Path(cfg.train.out_dir) / 'last'}")
-    if not args.no_report:
+    if semantic and not args.no_report:
         from .train.run_report import write_run_report
 
         report = write_run_report(cfg.train.out_dir, cfg, device=str(resolve_device(cfg.train.device)),
@@ -105,28 +71,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import functools
-
     from torch.utils.data import DataLoader
 
     from . import config
-    from .data import build_dataset, class_names, pad_collate
     from .hub import load_model
     from .runtime import resolve_device
-    from .tasks.semantic import evaluate
+    from .tasks.instance import format_scores
+    from .tasks.select import build_task
 
     cfg = config.load(args.config, args.set)
-    if _is_instance(cfg.model.name):
-        return _instance_eval(cfg, checkpoint=args.checkpoint, split=args.split, quiet=args.quiet)
+    task = build_task(cfg)
     device = resolve_device(cfg.train.device)
     model, _ = load_model(args.checkpoint or Path(cfg.train.out_dir) / "best", device=device)
-    ds = build_dataset(cfg.data, args.split or cfg.data.val_split, train=False)
-    loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                        collate_fn=functools.partial(pad_collate, ignore_index=cfg.data.ignore_index))
-    cm = evaluate(model, loader, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
-                  device=device, amp=cfg.train.amp, progress=not args.quiet)
-    print(cm.format_table(class_names(cfg.data)))
+    dataset = task.dataset(args.split or cfg.data.val_split, train=False)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                        collate_fn=task.collate)
+    result = task.evaluate(model, loader, device=device, amp=cfg.train.amp, channels_last=False,
+                           progress=not args.quiet)
+    if result.confusion is not None:
+        print(result.confusion.format_table(task.class_names()))
+    elif task.name == "instance":
+        print(format_scores(result.details))
+    else:
+        names = task.class_names()
+        print("\n".join(f"{name:20s} IoU {100 * iou:6.2f}  Dice {100 * dice:6.2f}"
+                        for name, iou, dice in zip(names, result.details["iou"], result.details["dice"])))
+        print(f"mIoU {100 * result.details['miou']:.2f}  mean Dice {100 * result.details['mean_dice']:.2f}")
     if args.report is not None:
+        if result.confusion is None:
+            raise PixelwiseError(f"--report is written for semantic (multiclass) models; {task.name} models print "
+                                 f"their scores above")
         from .train.run_report import write_run_report
 
         where = args.report or cfg.train.out_dir
@@ -142,6 +116,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .infer.predict import predict_paths
 
     if is_instance_folder(args.checkpoint):  # overlays + COCO-RLE JSON; tiling/TTA options do not apply
+        semantic_only = [flag for flag, used in (("--tile", args.tile is not None), ("--tta", args.tta != "none"),
+                                                 ("--scales", args.scales is not None), ("--crf", args.crf),
+                                                 ("--format", args.format != FORMAT_DEFAULT),
+                                                 ("--backend", args.backend != "torch"),
+                                                 ("--channels-last", args.channels_last)) if used]
+        if semantic_only:
+            raise ConfigError(f"{args.checkpoint!r} holds an instance model; {', '.join(semantic_only)} appl"
+                              f"{'ies' if len(semantic_only) == 1 else 'y'} to semantic models only. An instance "
+                              f"model writes NAME_instances.png, NAME_semantic.png and COCO-RLE predictions.json; "
+                              f"it takes --device, --amp and --out")
         return _instance_predict(args.checkpoint, args.inputs, args.out, device=args.device, amp=args.amp,
                                quiet=args.quiet)
     tta: str | dict = args.tta
@@ -237,7 +221,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export.onnx import export_onnx, export_torchscript
-    from .hub import load_model
+    from .hub import is_instance_folder, load_model
+
+    if is_instance_folder(args.checkpoint):  # Mask R-CNN: its inference graph, at one image size
+        return _instance_export(args)
 
     model, config = load_model(args.checkpoint)
     data = config.get("data", {})
@@ -274,6 +261,23 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     out = convert(args.src, source=args.source, out=args.out)
     print(f"wrote {out} (config.json + model.safetensors); use it with eval/predict/export/serve "
           f"or as model.init_from in a train config")
+
+
+def _instance_export(args: argparse.Namespace) -> int:
+    """``pixelwise export`` for Mask R-CNN: ONNX of the inference graph at one image size, checked in ONNX Runtime."""
+    from .export.instance import export_instance_onnx
+    from .hub import load_model
+
+    unsupported = [flag for flag, used in (("--format torchscript", args.format != "onnx"), ("--pipeline", args.pipeline),
+                                           ("--int8", args.int8), ("--static", args.static)) if used]
+    if unsupported:
+        raise PixelwiseError(f"{args.checkpoint!r} holds an instance model, exported to ONNX at one image size "
+                             f"(--height, --width); {', '.join(unsupported)} do(es) not apply to it")
+    model, _ = load_model(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "model.onnx"
+    report = export_instance_onnx(model, out, height=args.height, width=args.width, opset=args.opset or 17)
+    print(f"wrote {report['path']} (opset {report['opset']}, {args.height}x{args.width} images; ONNX Runtime "
+          f"agrees with PyTorch to {report.get('max_abs_diff', float('nan')):.2e})")
     return 0
 
 
@@ -332,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: horizontal flip and/or scales")
     p.add_argument("--scales", help="TTA scales, e.g. 0.75,1,1.25 (default for flip+scales)")
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF")
-    p.add_argument("--format", default="png,color,overlay",
+    p.add_argument("--format", default=FORMAT_DEFAULT,
                    help="comma-separated outputs: png,color,overlay,coco-rle,csv-rle (default png,color,overlay)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "onnxruntime-int8"])
     common(p)

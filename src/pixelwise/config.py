@@ -68,6 +68,9 @@ class DataCfg:
     train_samples: int = 512
     val_samples: int = 64
     seed: int = 0
+    # Classes may overlap: masks hold bit-packed labels (bit c set = class c present), one
+    # sigmoid per class. With num_classes 1 (and multilabel false) the task is binary.
+    multilabel: bool = False
     args: dict = field(default_factory=dict)
 
 
@@ -108,12 +111,17 @@ class TrainCfg:
     tensorboard: Union[bool, None] = None
     plots: bool = True
     adversarial: Union[dict, None] = None
+    # A model's boundary output (Gated-SCNN's shape stream): "auto" trains it with the
+    # dual-task loss when the model has one, "gscnn" requires it, "none" leaves it unsupervised.
+    boundary_loss: str = "auto"
 
 
 @dataclass
 class ExperimentCfg:
     """A whole experiment: model + data + training."""
 
+    # "auto": instance for an instance model (Mask R-CNN), else semantic; or name the task.
+    task: str = "auto"
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
@@ -200,6 +208,8 @@ def _positive(v: Any) -> bool:
     return v > 0 and math.isfinite(v)
 
 
+TASK_CHOICES = ("auto", "semantic", "instance")
+BOUNDARY_LOSS_CHOICES = ("auto", "gscnn", "none")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.num_classes", _positive_int, "an integer >= 1 (the number of classes, background included)"),
@@ -232,6 +242,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.aux_weight", _non_negative, "a finite number >= 0, or null for the model's default"),
     ("train.early_stop_patience", _positive_int, "an integer >= 1, or null"),
     ("train.amp", lambda v: v in ("none", "bf16", "fp16"), "none, bf16 or fp16"),
+    ("train.boundary_loss", lambda v: v in BOUNDARY_LOSS_CHOICES, ", ".join(BOUNDARY_LOSS_CHOICES)),
     ("train.device", lambda v: bool(_DEVICE.match(v)), "auto, cpu, cuda, cuda:N or mps"),
     ("train.out_dir", lambda v: bool(v.strip()) and not Path(v).is_file(),
      "a folder path (not an existing file)"),
@@ -252,7 +263,18 @@ def validate(cfg: ExperimentCfg) -> ExperimentCfg:
             ok = False
         if not ok:
             raise ConfigError(f"config key {key!r} must be {must}, got {value!r}; fix it in the YAML file or --set")
+    if cfg.task not in TASK_CHOICES:
+        raise ConfigError(f"config key 'task' must be one of {', '.join(TASK_CHOICES)}, got {cfg.task!r}; "
+                          f"fix it in the YAML file or --set")
     d = cfg.data
+    if d.multilabel and d.num_classes > 16:
+        raise ConfigError(f"config key 'data.multilabel' packs classes as bits of a 16-bit mask, but data.num_classes "
+                          f"is {d.num_classes}; use at most 16 classes")
+    label_values = 2 ** d.num_classes if d.multilabel else max(d.num_classes, 2)
+    if 0 <= d.ignore_index < label_values and (d.multilabel or d.num_classes == 1):
+        raise ConfigError(f"config key 'data.ignore_index' is {d.ignore_index}, a label value of this "
+                          f"{'multilabel' if d.multilabel else 'binary'} task (0..{label_values - 1}); use a value "
+                          f"outside them, e.g. {max(255, label_values)}")
     if 0 <= d.ignore_index < d.num_classes:
         raise ConfigError(f"config key 'data.ignore_index' is {d.ignore_index}, one of the {d.num_classes} classes "
                           f"(0..{d.num_classes - 1}): that class would never be trained or scored; use a label "

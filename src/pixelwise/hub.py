@@ -35,6 +35,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ConfigError
+from .models import MODELS, create_model
+from .models.maskrcnn import create_instance_model  # also fills registry.INSTANCE_MODELS
 from .registry import INSTANCE_MODELS
 
 CONFIG = "config.json"
@@ -143,9 +145,6 @@ def build_offline(model_config: dict[str, Any]) -> nn.Module:
 
     Weight-source keys are dropped; where the builder takes ``encoder_weights`` it gets None.
     The network's ``.config`` is the build config (what a folder written from it will hold)."""
-    from .models import MODELS, create_model
-    from .models.maskrcnn import create_instance_model
-
     build, _ = split_provenance(model_config)
     name = build.get("name")
     if name in INSTANCE_MODELS:

@@ -12,6 +12,10 @@ LOSSES: dict[str, Callable] = {}
 DATASETS: dict[str, Callable] = {}
 # Instance segmentation models (Mask R-CNN): their inputs and outputs differ from MODELS'.
 INSTANCE_MODELS: dict[str, Callable] = {}
+# Tasks (pixelwise.tasks): name -> class taking an ExperimentCfg (see tasks/base.py).
+TASKS: dict[str, Callable] = {}
+# Losses on a model's boundary output (SegmentationOutput.boundary): name -> loss function.
+BOUNDARY_LOSSES: dict[str, Callable] = {}
 # Inference backends other than PyTorch: name -> (model, model folder) -> ModelFn (pixelwise.export).
 BACKENDS: dict[str, Callable] = {}
 

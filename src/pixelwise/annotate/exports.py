@@ -34,6 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..data.rle import coco_rle
+from ..optional import require
 from .store import AnnotationStore
 
 __all__ = ["FORMATS", "export_labelme", "export_coco", "export_folder", "objects_of", "folder_config"]
@@ -118,6 +119,7 @@ def export_labelme(store: AnnotationStore, out: str | Path, *, names: Iterable[s
 def export_coco(store: AnnotationStore, out: str | Path, *, names: Iterable[str] | None = None) -> dict:
     """A COCO instances file with RLE masks of the labelled images, plus the images, in ``out``."""
 
+    require("pycocotools.mask", "the COCO export")  # before any work: name the missing extra first
     names = list(store.labelled() if names is None else names)
     images, annotations = [], []
     with _Staged(Path(out)) as tmp:

@@ -39,7 +39,6 @@ from .synthetic import (
 
 __all__ = [
     "CLASS_NAMES",
-    "InstanceEpochSeeded",
     "InstanceTransform",
     "SyntheticInstances",
     "instance_collate",
@@ -119,7 +118,7 @@ class InstanceTransform:
         self.rng = np.random.default_rng(seed)
 
     def reseed(self, seed: int) -> None:
-        """Restart the generator; :class:`InstanceEpochSeeded` calls this per (epoch, index)."""
+        """Restart the generator; :class:`pixelwise.data.EpochSeeded` calls this per (epoch, index)."""
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, image: np.ndarray, masks: np.ndarray, labels: np.ndarray, *, name: str,
@@ -158,31 +157,6 @@ class InstanceTransform:
 
     def __repr__(self) -> str:
         return f"InstanceTransform(train={self.train}, scale={self.scale}, hflip={self.hflip}, vflip={self.vflip})"
-
-
-class InstanceEpochSeeded(Dataset):
-    """Re-seed the wrapped dataset's :class:`InstanceTransform` from ``(epoch seed, index)``
-    before each read, so augmentation does not depend on order, workers or a resume."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-        self.epoch_seed = 0
-
-    def set_epoch_seed(self, seed: int) -> None:
-        """Use ``seed`` (>= 0) for the augmentations of the coming epoch."""
-        if seed < 0:
-            raise ValueError(f"InstanceEpochSeeded.set_epoch_seed needs a non-negative seed, got {seed}")
-        self.epoch_seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        transform = getattr(self.dataset, "transform", None)
-        if isinstance(transform, InstanceTransform):
-            index = index + len(self) if index < 0 else index
-            transform.reseed(int(np.random.SeedSequence([self.epoch_seed, index]).generate_state(1)[0]))
-        return self.dataset[index]
 
 
 def instance_collate(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:

@@ -215,8 +215,8 @@ class EpochSeeded(Dataset):
     when the iterator starts (so it has no effect on ``persistent_workers=True`` loaders).
 
     Args:
-        dataset: a dataset whose ``transform`` attribute is a :class:`SegTransform`
-            (anything else, or no transform, is read unchanged).
+        dataset: a dataset whose ``transform`` attribute has ``reseed(seed)`` (a
+            :class:`SegTransform`, an instance transform; anything else is read unchanged).
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -237,7 +237,8 @@ class EpochSeeded(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         transform = getattr(self.dataset, "transform", None)
-        if isinstance(transform, SegTransform):
+        # Any transform with reseed(seed): SegTransform, InstanceTransform, ...
+        if callable(getattr(transform, "reseed", None)):
             index = index + len(self) if index < 0 else index
             # SeedSequence mixes (epoch, index) so neighbouring pairs give unrelated streams.
             transform.reseed(int(np.random.SeedSequence([self.epoch_seed, index]).generate_state(1)[0]))

@@ -104,6 +104,9 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
 
     formats = parse_formats(formats)
     seg = Segmenter.from_pretrained(model_dir, device=device, amp=amp, channels_last=channels_last, backend=backend)
+    if seg.mode == "multilabel" and {"coco-rle", "csv-rle"} & set(formats):
+        raise ConfigError(f"{str(model_dir)!r} is a multilabel model (overlapping classes, bit-packed label PNGs); "
+                          f"the coco-rle and csv-rle outputs hold one class per pixel: use png, color, overlay")
     ignore_index = int(seg.config.get("data", {}).get("ignore_index", 255))
     paths = expand_inputs(inputs)
     out = Path(out_dir)

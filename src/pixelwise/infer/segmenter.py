@@ -28,6 +28,7 @@ from torch import nn
 from ..data.io import colorize, default_palette, overlay, read_image
 from ..errors import ConfigError, DataError
 from ..hub import load_model, resolve, save_model, split_provenance, write_card
+from ..postprocess.decision import activation, check_mode, labels_from_probs
 from ..registry import BACKENDS, lookup
 from .runtime import model_function, normalize
 from .tta import TTA, predict_probs
@@ -42,7 +43,8 @@ class SegmentResult:
     """One image's segmentation.
 
     Attributes:
-        labels: ``(H, W)`` int64 class index per pixel.
+        labels: ``(H, W)`` int64 class index per pixel (binary: 0/1; multilabel: the present
+            classes packed as bits, ``sum_c 2**c``; see :mod:`pixelwise.postprocess.decision`).
         probs: ``(C, H, W)`` float32 class probabilities (``return_probs=True``), else None.
         class_names: the ``C`` class names.
         palette: ``(K, 3)`` uint8 colours used by :meth:`colorize` and :meth:`overlay`.
@@ -52,6 +54,7 @@ class SegmentResult:
     probs: np.ndarray | None
     class_names: list[str]
     palette: np.ndarray
+    mode: str = "multiclass"
 
     def colorize(self) -> np.ndarray:
         """``(H, W, 3)`` uint8 RGB image of the class colours."""
@@ -62,7 +65,10 @@ class SegmentResult:
         return overlay(to_rgb(image), self.labels, self.palette, alpha)
 
     def areas(self) -> dict[str, int]:
-        """Pixel count of every class (zero for absent classes), keyed by class name."""
+        """Pixel count of every class (zero for absent classes), keyed by class name; for a
+        multilabel model a pixel counts for every class present in it."""
+        if self.mode == "multilabel":
+            return {name: int(((self.labels >> i) & 1).sum()) for i, name in enumerate(self.class_names)}
         counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
         return {name: int(counts[i]) for i, name in enumerate(self.class_names)}
 
@@ -104,12 +110,16 @@ class Segmenter:
         config: the rest of the saved ``config.json`` (kept by :meth:`save_pretrained`).
         model_fn: replaces the PyTorch forward (e.g. an ONNX Runtime session): ``(N, C_in, H, W)``
             float32 tensor -> ``(N, C, H, W)`` logits.
+        mode: ``"multiclass"`` (softmax, argmax), ``"binary"`` (one logit, sigmoid, ``z > 0``;
+            ``class_names`` then names background and foreground) or ``"multilabel"``
+            (a sigmoid per class, bit-packed labels).
     """
 
     def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
                  palette: np.ndarray | None = None, tile: int | None = None, device: str | torch.device = "cpu",
                  amp: str = "none", channels_last: bool = False, config: dict[str, Any] | None = None,
-                 model_fn=None) -> None:
+                 model_fn=None, mode: str = "multiclass") -> None:
+        self.mode = check_mode(mode)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if channels_last:
@@ -145,6 +155,9 @@ class Segmenter:
             raise ConfigError(f"{str(folder / 'config.json')!r} has no 'data' section with num_classes, mean, std; "
                               f"save the model with save_model(model, folder, meta={{'data': {{...}}}})")
         names = data.get("class_names") or [f"class_{i}" for i in range(data["num_classes"])]
+        mode = data.get("mode", "multiclass")
+        if mode == "binary" and len(names) == 1:
+            names = ["background", names[0]]
         model_fn = None
         if backend != "torch":
             # Registered by pixelwise.export (imported with pixelwise): ONNX Runtime, its int8 file.
@@ -152,13 +165,13 @@ class Segmenter:
         meta = {k: v for k, v in config.items() if k != "model"}
         return cls(model, mean=data["mean"], std=data["std"], class_names=names, palette=config.get("palette"),
                    tile=config.get("tile"), device=device, amp=amp, channels_last=channels_last, config=meta,
-                   model_fn=model_fn)
+                   model_fn=model_fn, mode=mode)
 
     def save_pretrained(self, folder: str | os.PathLike, *, model_card: bool = True) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (and a ``README.md`` model card) to ``folder``."""
         meta = dict(self.config)
-        meta["data"] = {**meta.get("data", {}), "num_classes": len(self.class_names),
-                        "class_names": self.class_names, "mean": self.mean, "std": self.std}
+        meta["data"] = {**meta.get("data", {}), "num_classes": self.num_outputs,
+                        "class_names": self.class_names, "mean": self.mean, "std": self.std, "mode": self.mode}
         meta["data"].setdefault("ignore_index", 255)
         if not np.array_equal(self.palette, default_palette(len(self.palette))):
             meta["palette"] = self.palette.tolist()
@@ -202,20 +215,27 @@ class Segmenter:
         x = self.preprocess(rgb)
         probs = predict_probs(self.model_fn, x, tta=tta, tile=tile if tile is not None else self.tile,
                               overlap=overlap, blend=blend, batch_size=batch_size,
-                              num_classes=len(self.class_names), out_device="cpu")[0]
+                              num_classes=self.num_outputs, out_device="cpu", activation=activation(self.mode))[0]
         del x
-        if probs.shape[0] != len(self.class_names):
-            raise ConfigError(f"the model returns {probs.shape[0]} classes but the config names "
-                              f"{len(self.class_names)}; fix data.class_names in config.json")
+        if probs.shape[0] != self.num_outputs:
+            raise ConfigError(f"the model returns {probs.shape[0]} channels but a {self.mode} model with classes "
+                              f"{self.class_names} has {self.num_outputs}; fix data.class_names in config.json")
+        if crf and self.mode != "multiclass":
+            raise ConfigError(f"crf refines softmax class probabilities; this model is {self.mode}: drop crf")
         if crf:
             # Imported here: pixelwise.postprocess loads SciPy, which must not be in the process
             # of every `import pixelwise` (with it, oneDNN backward crashed in the FCN-8s recipe test).
             from ..postprocess.crf import dense_crf
 
             probs = torch.as_tensor(dense_crf(rgb, probs, iterations=5), dtype=torch.float32)
-        labels = probs.argmax(0).numpy()
+        labels = labels_from_probs(probs[None], self.mode)[0].numpy()
         return SegmentResult(labels=labels, probs=probs.numpy() if return_probs else None,
-                             class_names=self.class_names, palette=self.palette)
+                             class_names=self.class_names, palette=self.palette, mode=self.mode)
+
+    @property
+    def num_outputs(self) -> int:
+        """Output channels of the network: 1 for a binary model, else one per class."""
+        return 1 if self.mode == "binary" else len(self.class_names)
 
     def __repr__(self) -> str:
         name = getattr(self.model, "config", {}).get("name", type(self.model).__name__)

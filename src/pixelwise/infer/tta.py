@@ -89,8 +89,9 @@ def _softmax_(logits: torch.Tensor) -> torch.Tensor:
 def predict_probs(model_fn: ModelFn, x: torch.Tensor, *, tta: bool | str | dict | TTA | None = None,
                   tile: int | Sequence[int] | None = None, overlap: float = 0.25, blend: str = "gaussian",
                   batch_size: int = 4, num_classes: int | None = None,
-                  out_device: torch.device | str | None = None) -> torch.Tensor:
-    """Softmax probabilities of ``x``, averaged over the TTA variants.
+                  out_device: torch.device | str | None = None, activation: str = "softmax") -> torch.Tensor:
+    """Probabilities of ``x`` (softmax over classes, or ``activation="sigmoid"`` per class for
+    binary and multilabel models), averaged over the TTA variants.
 
     Args:
         model_fn: ``(B, C_in, ...) -> (B, C, ...)`` logits at input resolution.
@@ -104,6 +105,8 @@ def predict_probs(model_fn: ModelFn, x: torch.Tensor, *, tta: bool | str | dict 
     Returns:
         ``(N, C, *x.shape[2:])`` float32 probabilities on ``out_device``.
     """
+    if activation not in ("softmax", "sigmoid"):
+        raise ConfigError(f"predict_probs: activation={activation!r}; use 'softmax' or 'sigmoid'")
     spec = parse_tta(tta)
     size = tuple(x.shape[2:])
     out_device = torch.device(out_device) if out_device is not None else x.device
@@ -128,7 +131,10 @@ def predict_probs(model_fn: ModelFn, x: torch.Tensor, *, tta: bool | str | dict 
         if tuple(logits.shape[2:]) != size:
             logits = _resize(logits, size)
         # The sliding-window buffer is ours to overwrite; a plain model_fn output might alias x.
-        probs = _softmax_(logits) if tile is not None else logits.softmax(1)
+        if activation == "sigmoid":
+            probs = logits.sigmoid_() if tile is not None else logits.sigmoid()
+        else:
+            probs = _softmax_(logits) if tile is not None else logits.softmax(1)
         del logits
         total = probs if total is None else total.add_(probs)
     assert total is not None

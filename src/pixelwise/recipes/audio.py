@@ -24,8 +24,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
 
+from ..data import EpochSeeded
 from ..errors import ConfigError, DataError, PixelwiseError
+from ..tasks.base import Evaluation, StepOutput
+from ..train.fit import fit
 from .audio_data import read_wav, write_wav
 
 __all__ = [
@@ -184,32 +188,90 @@ class SpectrogramUNet(nn.Module):
         return istft(spec * mask, n_fft=self.n_fft, hop_length=self.hop_length, length=wave.shape[-1])
 
 
+class _Spectrograms(Dataset):
+    """``{"mix", "src"}`` magnitude pairs ``(F, T)``, precomputed once."""
+
+    def __init__(self, mix: Tensor, src: Tensor) -> None:
+        self.mix, self.src = mix, src
+
+    def __len__(self) -> int:
+        return len(self.mix)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"mix": self.mix[index], "src": self.src[index]}
+
+
+class SeparationTask:
+    """Spectrogram-mask source separation as a task of the one training loop
+    (:mod:`pixelwise.tasks.base`): the L1 loss of masked magnitudes, scored by the same loss."""
+
+    name = "audio-separation"
+    best_key = "best_neg_l1"
+    score_columns = ("l1",)
+    collate = staticmethod(default_collate)
+
+    def __init__(self, model: SpectrogramUNet, mix_mag: Tensor, src_mag: Tensor) -> None:
+        self.model, self.data = model, _Spectrograms(mix_mag, src_mag)
+
+    def build_model(self) -> nn.Module:
+        return self.model  # trained in place
+
+    def dataset(self, split: str, *, train: bool) -> Dataset:
+        return self.data
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        return EpochSeeded(self.data), self.data
+
+    def forward(self, model: nn.Module, batch, *, device: torch.device, amp: str, memory_format) -> StepOutput:
+        mix, src = batch["mix"].to(device), batch["src"].to(device)
+        # spectrogram_mask, but calling `model` itself: under DDP the forward must go through the wrapper.
+        net = getattr(model, "module", model)
+        mask = model((mix[:, :-1] if net.drop_nyquist else mix).unsqueeze(1)).squeeze(1)
+        mask = F.pad(mask, (0, 0, 0, 1)) if net.drop_nyquist else mask
+        loss = separation_loss(mask, mix, src)
+        return StepOutput(loss=loss, terms={}, images=len(mix))
+
+    def batch_names(self, batch) -> list[str]:
+        return [f"clip of {len(batch['mix'])}"]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, *, device: torch.device, amp: str = "none",
+                 channels_last: bool = False, progress: bool = False) -> Evaluation:
+        was = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for batch in loader:
+            mix, src = batch["mix"].to(device), batch["src"].to(device)
+            total += float(separation_loss(model.spectrogram_mask(mix), mix, src)) * len(mix)
+            count += len(mix)
+        model.train(was)
+        l1 = total / max(count, 1)
+        return Evaluation(scores={"l1": l1}, best=-l1)
+
+    def model_meta(self) -> dict:
+        return {"task": "audio-separation"}
+
+    def class_names(self) -> list[str]:
+        return ["source"]
+
+
 def train_separator(model: SpectrogramUNet, mixtures: Tensor, sources: Tensor, *, steps: int,
                     batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
                     device: str | torch.device = "cpu") -> list[float]:
-    """Train ``model`` in place with Adam on ``mixtures`` and ``sources`` ``(M, L)`` (the paper's L1 loss).
+    """Train ``model`` in place with Adam on ``mixtures`` and ``sources`` ``(M, L)`` (the paper's L1 loss),
+    through the one training loop (:func:`pixelwise.train.fit.fit`).
 
-    Spectrograms are computed once up front; each step draws ``batch_size`` clips at random.
+    Spectrograms are computed once up front; every epoch visits the clips in a seeded order.
     Returns the loss of every step.
     """
     if mixtures.shape != sources.shape or mixtures.dim() != 2 or len(mixtures) == 0:
         raise DataError(f"train_separator: mixtures {tuple(mixtures.shape)} and sources {tuple(sources.shape)} "
                         f"must both be (M, L) with M >= 1")
-    device = torch.device(device)
-    model.to(device).train()
-    mix_mag = stft(mixtures.float(), n_fft=model.n_fft, hop_length=model.hop_length).abs().to(device)
-    src_mag = stft(sources.float(), n_fft=model.n_fft, hop_length=model.hop_length).abs().to(device)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(len(mix_mag), (min(batch_size, len(mix_mag)),), generator=generator).to(device)
-        loss = separation_loss(model.spectrogram_mask(mix_mag[idx]), mix_mag[idx], src_mag[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach().item())
-    return losses
+    mix_mag = stft(mixtures.float(), n_fft=model.n_fft, hop_length=model.hop_length).abs()
+    src_mag = stft(sources.float(), n_fft=model.n_fft, hop_length=model.hop_length).abs()
+    rows, _ = fit(SeparationTask(model, mix_mag, src_mag), steps=steps, batch_size=min(batch_size, len(mix_mag)),
+               lr=lr, optimizer="adam", seed=seed, device=str(device))
+    return [row["loss"] for row in rows]
 
 
 @torch.no_grad()

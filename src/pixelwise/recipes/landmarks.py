@@ -16,6 +16,7 @@ Coordinates are ``(x, y)`` in pixels of the input image, pixel centres at intege
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import cv2
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
 from ..models import SegmentationOutput
+from ..tasks.base import Evaluation, StepOutput
 
 __all__ = ["gaussian_heatmaps", "decode_heatmaps", "pck", "SyntheticLandmarks", "LANDMARK_NAMES",
            "heatmap_loss", "train_landmarks", "evaluate_landmarks"]
@@ -186,35 +188,87 @@ def evaluate_landmarks(model: nn.Module, dataset: Dataset, *, batch_size: int = 
     return {"pck": pck(pred, gt, visible, alpha=alpha), "mean_error_px": error}
 
 
+class _Cycle(Dataset):
+    """``length`` samples cycling through ``dataset``: one epoch of the loop is then exactly
+    ``length / batch_size`` steps (the recipe's evaluation interval)."""
+
+    def __init__(self, dataset: Dataset, length: int) -> None:
+        self.dataset, self.length = dataset, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.dataset[index % len(self.dataset)]
+
+
+class LandmarkTask:
+    """Heatmap regression (one Gaussian per landmark, MSE on every stack) as a task of the one
+    training loop (:mod:`pixelwise.tasks.base`); scored by PCK on ``val`` when given."""
+
+    name = "landmarks"
+    best_key = "best_pck"
+    score_columns = ("pck", "mean_error_px")
+
+    def __init__(self, model: nn.Module, dataset: Dataset, *, sigma: float, val: Dataset | None,
+                 epoch_samples: int) -> None:
+        self.model, self.train_set, self.val, self.sigma = model, _Cycle(dataset, epoch_samples), val, sigma
+        self.collate = torch.utils.data.default_collate
+
+    def build_model(self) -> nn.Module:
+        return self.model  # trained in place
+
+    def dataset(self, split: str, *, train: bool) -> Dataset:
+        return self.train_set if train or self.val is None else self.val
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        from ..data import EpochSeeded
+
+        return EpochSeeded(self.train_set), self.val if self.val is not None else self.train_set
+
+    def forward(self, model: nn.Module, batch, *, device: torch.device, amp: str, memory_format) -> StepOutput:
+        image = batch["image"].to(device)
+        target = gaussian_heatmaps(batch["points"].to(device), tuple(image.shape[-2:]), self.sigma,
+                                   batch["visible"].to(device))
+        return StepOutput(loss=heatmap_loss(model(image), target), terms={}, images=len(image))
+
+    def batch_names(self, batch) -> list[str]:
+        return [f"{len(batch['image'])} landmark images"]
+
+    def evaluate(self, model: nn.Module, loader, *, device: torch.device, amp: str = "none",
+                 channels_last: bool = False, progress: bool = False) -> Evaluation:
+        if self.val is None:
+            return Evaluation(scores={"pck": math.nan, "mean_error_px": math.nan}, best=0.0)
+        scores = evaluate_landmarks(model, self.val)
+        return Evaluation(scores=scores, best=scores["pck"])
+
+    def model_meta(self) -> dict[str, Any]:
+        return {"task": "landmarks"}
+
+    def class_names(self) -> list[str]:
+        return []
+
+
 def train_landmarks(model: nn.Module, dataset: Dataset, *, steps: int = 500, batch_size: int = 16,
                     lr: float = 2.5e-4 * 4, sigma: float = 1.5, val: Dataset | None = None,
                     eval_every: int = 0, seed: int = 0) -> list[dict[str, float]]:
-    """Train a heatmap model (e.g. ``create_model("hourglass", num_classes=K)``) with MSE.
+    """Train a heatmap model (e.g. ``create_model("hourglass", num_classes=K)``) with MSE, in
+    place, through the one training loop (:func:`pixelwise.train.fit.fit`).
 
     RMSProp as in the paper (their lr 2.5e-4 at batch 6; scaled here). Returns the history:
     one record per ``eval_every`` steps (and at the end) with the loss and, with ``val``, PCK.
     """
-    torch.manual_seed(seed)
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=lr)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
-    history: list[dict[str, float]] = []
-    step = 0
-    model.train()
-    while step < steps:
-        for batch in loader:
-            image = batch["image"]
-            target = gaussian_heatmaps(batch["points"], tuple(image.shape[-2:]), sigma, batch["visible"])
-            loss = heatmap_loss(model(image), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if (eval_every and step % eval_every == 0) or step == steps:
-                record = {"step": step, "loss": loss.item()}
-                if val is not None:
-                    record.update(evaluate_landmarks(model, val))
-                history.append(record)
-            if step >= steps:
-                break
+    from ..train.fit import fit
+
+    every = eval_every if eval_every else steps
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun an epoch is every process's shard
+    task = LandmarkTask(model, dataset, sigma=sigma, val=val, epoch_samples=every * batch_size * processes)
+    _, validations = fit(task, steps=steps, batch_size=batch_size, lr=lr, optimizer="rmsprop", seed=seed,
+                         val_every=1)
+    history = []
+    for row in validations:  # one per epoch = every `every` steps, and the last step
+        record = {"step": int(row["step"]), "loss": row["train_loss"]}
+        if val is not None:
+            record.update(pck=row["pck"], mean_error_px=row["mean_error_px"])
+        history.append(record)
     return history

@@ -11,19 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import config as config_mod
 from ..config import ExperimentCfg
-from ..data.instances import InstanceTransform
+from ..data import EpochSeeded
+from ..data.instances import InstanceTransform, instance_collate
 from ..errors import ConfigError
 from ..hub import load_model, read_config
 from ..metrics.coco import STATS, coco_evaluate, coco_ground_truth, coco_results
 from ..models.maskrcnn import create_instance_model
-from ..registry import DATASETS, INSTANCE_MODELS, lookup
+from ..registry import DATASETS, INSTANCE_MODELS, TASKS, lookup, register
 from ..runtime import autocast
+from .base import Evaluation, StepOutput
 from .semantic import model_kwargs
 
 __all__ = [
@@ -80,10 +83,28 @@ def load_instance_model(folder: str | Path, *, device: str | torch.device = "cpu
 
 
 def instance_meta(cfg: ExperimentCfg, names: list[str]) -> dict[str, Any]:
+    """What a saved instance model records besides its weights (task, classes, normalisation, config)."""
     return {"task": "instance",
             "data": {"num_classes": cfg.data.num_classes, "class_names": names, "mean": cfg.data.mean,
                      "std": cfg.data.std},
             "experiment": config_mod.to_dict(cfg)}
+
+
+def _gather(ground_truth: dict, results: list[dict]) -> tuple[dict, list[dict]]:
+    """Every process's ground truth and detections in every process, image and annotation ids
+    renumbered (each process counted its own from 1). A no-op without torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return ground_truth, results
+    shards: list = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, (ground_truth, results))
+    images, annotations, merged = [], [], []
+    for gt, res in shards:
+        offset = len(images)
+        images += [{**im, "id": im["id"] + offset} for im in gt["images"]]
+        annotations += [{**a, "id": len(annotations) + k + 1, "image_id": a["image_id"] + offset}
+                        for k, a in enumerate(gt["annotations"])]
+        merged += [{**r, "image_id": r["image_id"] + offset} for r in res]
+    return {**ground_truth, "images": images, "annotations": annotations}, merged
 
 
 @torch.no_grad()
@@ -92,7 +113,8 @@ def evaluate_instances(model: nn.Module, loader: DataLoader, *, class_names: lis
                        progress: bool = True) -> dict[str, dict[str, float]]:
     """COCO box and mask AP of ``model`` on ``loader`` (batches from ``instance_collate``).
 
-    Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}}``.
+    Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}}``. Under
+    torch.distributed each process scores its shard and the COCO evaluation sees them all.
     """
     device = torch.device(device)
     was_training = model.training
@@ -109,7 +131,8 @@ def evaluate_instances(model: nn.Module, loader: DataLoader, *, class_names: lis
             results += coco_results(target["image_id"], out.boxes.float(), out.labels, out.scores.float(),
                                     out.masks.float(), mask_threshold=mask_threshold)
     model.train(was_training)
-    return coco_evaluate(coco_ground_truth(targets, sizes, class_names), results)
+    ground_truth, results = _gather(coco_ground_truth(targets, sizes, class_names), results)
+    return coco_evaluate(ground_truth, results)
 
 
 def format_scores(scores: dict[str, dict[str, float]]) -> str:
@@ -119,3 +142,64 @@ def format_scores(scores: dict[str, dict[str, float]]) -> str:
         if iou_type in scores:
             lines.append(f"{label:6s}" + "".join(f"{scores[iou_type][name]:8.4f}" for name in STATS))
     return "\n".join(lines)
+
+
+@register(TASKS, "instance")
+class InstanceTask:
+    """Instance segmentation (Mask R-CNN) for :mod:`pixelwise.train.loop`. ``train.loss`` is not
+    used: Mask R-CNN sums its own losses (RPN objectness and box, classifier, box, mask), which
+    are the logged terms (``loss_classifier``, ``loss_mask``, ...). Validation is COCO box and
+    mask AP; ``best/`` keeps the highest mask AP."""
+
+    name = "instance"
+    best_key = "best_mask_ap"
+    score_columns = tuple(f"{kind}_{k}" for kind in ("box", "mask") for k in STATS)
+    collate = staticmethod(instance_collate)
+
+    def __init__(self, cfg: ExperimentCfg) -> None:
+        self.cfg = cfg
+        self._names: list[str] | None = None
+
+    def build_model(self) -> nn.Module:
+        return build_instance_model(self.cfg)
+
+    def dataset(self, split: str, *, train: bool) -> Dataset:
+        dataset = build_instance_dataset(self.cfg, split, train=train)
+        if self._names is None:
+            self._names = instance_class_names(self.cfg, dataset)
+        return dataset
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        d = self.cfg.data
+        val = self.dataset(d.val_split, train=False)
+        return EpochSeeded(self.dataset(d.train_split, train=True)), val
+
+    def forward(self, model: nn.Module, batch: Any, *, device: torch.device, amp: str,
+                memory_format: torch.memory_format) -> StepOutput:
+        images, targets = batch
+        images = [image.to(device, non_blocking=True) for image in images]
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in tg.items()} for tg in targets]
+        with autocast(device, amp):
+            losses = model(images, targets)
+        losses = {k: v.float() for k, v in losses.items()}
+        terms = {k.removeprefix("loss_"): float(v.detach()) for k, v in losses.items()}
+        return StepOutput(loss=sum(losses.values()), terms=terms, images=len(images))
+
+    def batch_names(self, batch: Any) -> list[str]:
+        return [str(tg.get("name", tg.get("image_id"))) for tg in batch[1]]
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, *, device: torch.device, amp: str = "none",
+                 channels_last: bool = False, progress: bool = True) -> Evaluation:
+        scores = evaluate_instances(model, loader, class_names=self.class_names(), device=device, amp=amp,
+                                    progress=progress)
+        columns = {f"box_{k}": v for k, v in scores["bbox"].items()}
+        columns.update({f"mask_{k}": v for k, v in scores["segm"].items()})
+        return Evaluation(scores=columns, best=scores["segm"]["AP"], details=scores)
+
+    def model_meta(self) -> dict[str, Any]:
+        return instance_meta(self.cfg, self.class_names())
+
+    def class_names(self) -> list[str]:
+        if self._names is None:
+            self._names = instance_class_names(self.cfg)
+        return self._names

@@ -31,6 +31,7 @@ class DistEnv:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # setup() created the process group, so cleanup() ends it
 
     @property
     def distributed(self) -> bool:
@@ -100,15 +101,17 @@ def setup(device_name: str) -> DistEnv:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if want_cuda else "gloo", rank=rank, world_size=world,
                                 device_id=device if want_cuda else None)
-    return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device)
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device, owns_group=owns)
 
 
 def cleanup(env: DistEnv) -> None:
-    """Leave the process group (only if this job created one)."""
-    if env.distributed and dist.is_initialized():
+    """Leave the process group, only if :func:`setup` created it (a caller's group stays, so a
+    script may train several times in one ``torchrun`` job)."""
+    if env.distributed and env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

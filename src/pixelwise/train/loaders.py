@@ -3,18 +3,18 @@ balance, and (in deterministic mode) seeded workers."""
 
 from __future__ import annotations
 
-import functools
 import random
 import signal
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from ..config import ExperimentCfg
-from ..data import EpochSeeded, build_dataset, check_channels, pad_collate
+from ..data import EpochSeeded, build_dataset, check_channels
 from ..errors import ConfigError
+from ..tasks.base import Task
 from .distributed import DistEnv, barrier
 from .sampling import SkipFirst, balanced_weights, build_sampler, class_presence
 
@@ -47,23 +47,28 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loaders(cfg: ExperimentCfg, env: DistEnv, *, out_dir: Path,
+def make_loaders(cfg: ExperimentCfg, task: Task, env: DistEnv, *, out_dir: Path,
                  progress: bool = False) -> tuple[DataLoader, DataLoader, SkipFirst, EpochSeeded]:
-    """``(train loader, val loader, train sampler, train dataset)``.
+    """``(train loader, val loader, train sampler, train dataset)`` of ``task``'s datasets
+    (:meth:`pixelwise.tasks.base.Task.datasets`), batched with ``task.collate``.
 
     ``data.batch_size`` is per process: the global batch is ``batch_size * world_size *
     train.accumulate``. Call ``sampler.set_epoch(epoch, skip=...)``,
     ``dataset.set_epoch_seed(...)`` and ``loader.generator.manual_seed(...)`` before each epoch.
     """
     d, t = cfg.data, cfg.train
-    train_ds = EpochSeeded(build_dataset(d, d.train_split, train=True))
-    val_ds: Dataset = build_dataset(d, d.val_split, train=False)
-    check_channels(val_ds, cfg.model.in_channels, split=d.val_split)  # a clear error, not one at step 1
+    train_ds, val_ds = task.datasets()
+    if task.name == "semantic":  # a clear error before step 1, not one inside the first convolution
+        check_channels(val_ds, cfg.model.in_channels, split=d.val_split)
     if len(train_ds) < d.batch_size * env.world_size:
         raise ConfigError(f"the training set has {len(train_ds)} samples, fewer than data.batch_size "
                           f"{d.batch_size} x {env.world_size} process(es); lower batch_size or add data")
     weights = None
     if t.balanced_sampling:
+        if task.name != "semantic" or cfg.data.multilabel:
+            raise ConfigError(f"train.balanced_sampling weighs images by the classes in their label maps, which "
+                              f"a {task.name}{' multilabel' if cfg.data.multilabel else ''} task does not have; "
+                              f"set it to false")
         cache = out_dir / "class_presence.json"
         if env.is_main:
             presence = class_presence(build_dataset(d, d.train_split, train=False), d.num_classes,
@@ -75,7 +80,7 @@ def make_loaders(cfg: ExperimentCfg, env: DistEnv, *, out_dir: Path,
     sampler = build_sampler(train_ds, num_replicas=env.world_size, rank=env.rank,
                             seed=t.seed * EPOCH_SEED_STRIDE, weights=weights)
     common = {"num_workers": d.num_workers, "pin_memory": env.device.type == "cuda",
-              "collate_fn": functools.partial(pad_collate, ignore_index=d.ignore_index),
+              "collate_fn": task.collate,
               "persistent_workers": False, "worker_init_fn": seed_worker}
     train = DataLoader(train_ds, batch_size=d.batch_size, sampler=sampler, drop_last=True,
                        generator=torch.Generator(), **common)

@@ -1,6 +1,10 @@
-"""The training loop. It reads top to bottom: processes, data, model, optimiser, schedule,
-then epochs of steps with validation and checkpoints. A killed run resumes from
-``out_dir/last``; a run stopped by SIGINT/SIGTERM first saves the step it reached.
+"""The training loop, the only one: every task (:mod:`pixelwise.tasks`) trains here. It reads
+top to bottom: processes, data, model, optimiser, schedule, then epochs of steps with
+validation and checkpoints. What differs per task (model, datasets, the loss of a step and
+its named terms, evaluation, saved metadata) comes from the task object; everything else
+(DDP, accumulation, AMP, EMA, schedules, exact resume, Ctrl-C save, the NaN guard, logs
+and plots) is here, once. A killed run resumes from ``out_dir/last``; a run stopped by
+SIGINT/SIGTERM first saves the step it reached.
 
 One step is one optimiser update over ``train.accumulate`` micro-batches of
 ``data.batch_size`` images on each of the ``world_size`` processes (``torchrun``).
@@ -22,13 +26,11 @@ from tqdm import tqdm
 from .. import config as config_mod
 from ..bf16_guard import guard_for_training
 from ..config import ExperimentCfg
-from ..data import class_names
 from ..errors import ConfigError, TrainingError
 from ..hub import save_model
-from ..losses import build_loss
-from ..models import SegmentationOutput
-from ..runtime import autocast, deterministic, precision_note, seed_everything
-from ..tasks.semantic import build_model, compute_loss, evaluate, model_meta, override_aux
+from ..runtime import deterministic, precision_note, seed_everything
+from ..tasks.base import Task
+from ..tasks.select import build_task
 from . import distributed as dist_mod
 from .adversarial import AdversarialTrainer
 from .checkpoint import load_train_state, remove_stale_temporaries, save_train_state
@@ -63,6 +65,8 @@ def format_record(record: dict[str, Any]) -> str:
     """One validation record for people: scores in percent, as ``pixelwise eval`` prints them."""
     parts = []
     for key, value in record.items():
+        if value is None:
+            continue
         if key in _PERCENT and isinstance(value, float):
             parts.append(f"{_PERCENT[key]} {100 * value:.2f}%")
         else:
@@ -70,17 +74,22 @@ def format_record(record: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def train(cfg: ExperimentCfg, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg``; returns the trainer state (step, epoch, best mIoU, history).
+def train(cfg: ExperimentCfg, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          task: Task | None = None) -> dict[str, Any]:
+    """Train ``cfg`` with its task (:func:`pixelwise.tasks.select.build_task`); returns the trainer
+    state (step, epoch, the task's best score: ``best_miou`` or ``best_mask_ap``, history).
 
     Writes to ``cfg.train.out_dir`` (rank 0 only): ``config.yaml``, ``log.csv`` (per
-    ``log_every`` steps), ``metrics.csv`` (per validation), ``tensorboard/``, ``last/``
-    (resumable, every epoch and on SIGINT/SIGTERM), ``best/`` (highest validation mIoU) and,
+    ``log_every`` steps: ``loss``, each named term as ``loss_<term>``, ``lr``, ``images_per_s``),
+    ``metrics.csv`` (per epoch; every row has every score column, empty between validations),
+    ``tensorboard/``, ``last/`` (resumable, every epoch and on SIGINT/SIGTERM), ``best/``
+    (highest validation score) and,
     at the end, ``curves.png``, ``confusion.png``, ``class_iou.png``. With ``resume=True``
     every process continues from ``last/``, mid-epoch if that is where it stopped, and ends
     with the same weights as an uninterrupted run. Without it, an ``out_dir`` that already
-    holds a run is refused unless ``overwrite=True`` (:mod:`pixelwise.train.run_dir`).
+    holds a run is refused unless ``overwrite=True`` (:mod:`pixelwise.train.run_dir`). ``task``
+    replaces the config's task (a recipe passes its own object with the
+    :class:`~pixelwise.tasks.base.Task` members).
     """
     env = dist_mod.setup(cfg.train.device)
     if not resume:
@@ -88,14 +97,15 @@ def train(cfg: ExperimentCfg, *, resume: bool = False, overwrite: bool = False,
     logger = RunLogger(Path(cfg.train.out_dir), enabled=env.is_main, tensorboard=cfg.train.tensorboard)
     try:
         with deterministic(cfg.train.deterministic, env.device), StopRequest() as stop:
-            return _train(cfg, env, stop, logger, resume=resume, progress=progress and env.is_main)
+            return _train(cfg, task if task is not None else build_task(cfg), env, stop, logger, resume=resume,
+                          progress=progress and env.is_main)
     finally:
         logger.close()  # also when training stops with an error
         dist_mod.cleanup(env)
 
 
-def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger: RunLogger, *, resume: bool,
-           progress: bool) -> dict[str, Any]:
+def _train(cfg: ExperimentCfg, task: Task, env: dist_mod.DistEnv, stop: StopRequest, logger: RunLogger, *,
+           resume: bool, progress: bool) -> dict[str, Any]:
     t, device = cfg.train, env.device
     _check_cfg(cfg, device)
     out = Path(t.out_dir)
@@ -106,7 +116,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
     seed_everything(t.seed)
 
     # Data: each process reads its shard of one global, per-epoch seeded order.
-    train_loader, val_loader, sampler, train_ds = make_loaders(cfg, env, out_dir=out, progress=progress)
+    train_loader, val_loader, sampler, train_ds = make_loaders(cfg, task, env, out_dir=out, progress=progress)
     steps_per_epoch = len(train_loader) // t.accumulate
     if steps_per_epoch < 1:
         raise ConfigError(f"an epoch has {len(train_loader)} batch(es) per process, fewer than train.accumulate "
@@ -117,19 +127,22 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
 
     # Model (raw: what is saved and averaged), optimiser, schedule, and the optional extras.
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    raw = dist_mod.convert_sync_bn(env, build_model(cfg), enabled=t.sync_bn)
+    raw = dist_mod.convert_sync_bn(env, task.build_model(), enabled=t.sync_bn)
     raw = raw.to(device, memory_format=memory_format)
     guard_for_training(raw, device, t.amp)  # oneDNN bf16 backward bugs on small maps (bf16_guard.py)
-    loss_fn = build_loss(t.loss, ignore_index=cfg.data.ignore_index)
     optimizer = build_optimizer(cfg, raw)
     lr_factor = make_schedule(t.schedule, total_steps=total_steps, warmup_steps=t.warmup_steps, power=t.poly_power)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16")
     adv = None
     if t.adversarial is not None:
+        if task.name != "semantic":
+            raise ConfigError(f"train.adversarial trains a label-map discriminator, a semantic model's; this is a "
+                              f"{task.name} task: remove train.adversarial")
         adv = AdversarialTrainer(t.adversarial, num_classes=cfg.data.num_classes, in_channels=cfg.model.in_channels,
                                  ignore_index=cfg.data.ignore_index, device=device, env=env)
-    meta = model_meta(cfg)
+    meta = task.model_meta()
+    best_key = task.best_key
     if progress:
         params = sum(p.numel() for p in raw.parameters())
         trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
@@ -143,8 +156,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
         tqdm.write(f"model: {cfg.model.name}, {params:,} parameters ({trainable:,} trainable); device "
                    f"{device}{threads}; precision {precision_note(device, t.amp)}")
 
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "epoch_step": 0, "best_miou": -1.0, "stale": 0,
-                             "history": []}
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "epoch_step": 0, best_key: -1.0, "stale": 0, "history": []}
     if resume:
         if not (out / "last").exists() and not (out / ".last.old").exists():
             raise ConfigError(f"--resume: no checkpoint in {str(out / 'last')!r}; run without --resume to start")
@@ -215,32 +227,35 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
                 model = wrap()
                 model.train()
             optimizer.zero_grad(set_to_none=True)
-            losses = []
+            losses: list[float] = []
+            terms: dict[str, list[float]] = {}
             for micro in range(t.accumulate):
                 batch = next(batches)
-                image = batch["image"].to(device, memory_format=memory_format, non_blocking=True)
-                target = batch["mask"].to(device, non_blocking=True)
                 # Only the last micro-batch of a step all-reduces the gradients.
                 sync = nullcontext() if (not ddp or micro == t.accumulate - 1) else model.no_sync()
                 with sync:
-                    with autocast(device, t.amp):
-                        output = model(image)
-                    output = override_aux(output, t.aux_weight)
-                    loss = compute_loss(loss_fn, output, target)
-                    logits = output.logits if isinstance(output, SegmentationOutput) else output
+                    out_step = task.forward(model, batch, device=device, amp=t.amp, memory_format=memory_format)
+                    loss = out_step.loss
                     if adv is not None:
-                        loss = loss + adv.generator_loss(image, logits, target)
+                        image = batch["image"].to(device, memory_format=memory_format)
+                        target = batch["mask"].to(device)
+                        generator = adv.generator_loss(image, out_step.logits, target)
+                        loss = loss + generator
+                        out_step.terms["adversarial"] = float(generator.detach())
                     if dist_mod.any_across(env, not bool(torch.isfinite(loss))):
                         raise TrainingError(
-                            f"loss is {loss.item()} at step {step} (epoch {epoch + 1}), batch {batch['name']}; "
-                            f"nothing was saved from this step and {str(out / 'last')!r} holds the last good "
-                            f"state. Fixes: lower train.lr, set train.grad_clip (e.g. 1.0), use train.amp: none, "
-                            f"and check those files for NaN/inf or wrong labels")
+                            f"loss is {loss.item()} at step {step} (epoch {epoch + 1}), batch {task.batch_names(batch)} "
+                            f"(terms { {k: round(v, 4) for k, v in out_step.terms.items()} }); nothing was saved from "
+                            f"this step and {str(out / 'last')!r} holds the last good state. Fixes: lower train.lr, set "
+                            f"train.grad_clip (e.g. 1.0), use train.amp: none, and check those files for NaN/inf or "
+                            f"wrong labels")
                     scaler.scale(loss / t.accumulate).backward()
                 if adv is not None:
-                    adv.discriminator_step(image, logits, target)
+                    adv.discriminator_step(image, out_step.logits, target)
                 losses.append(loss.item())
-                seen += image.shape[0]
+                for name, value in out_step.terms.items():
+                    terms.setdefault(name, []).append(value)
+                seen += out_step.images
             if t.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
@@ -257,8 +272,10 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             if step % t.log_every == 0 or step == total_steps:
                 ensure_finite("at the check every train.log_every steps", step, epoch + 1)
-                logger.step({"step": step, "epoch": epoch + 1, "loss": round(dist_mod.mean_across(env, loss_value), 6),
-                             "lr": lr, "images_per_s": round(speed, 2)})
+                row = {"step": step, "epoch": epoch + 1, "loss": round(dist_mod.mean_across(env, loss_value), 6)}
+                for name, values in sorted(terms.items()):
+                    row[f"loss_{name}"] = round(dist_mod.mean_across(env, sum(values) / len(values)), 6)
+                logger.step({**row, "lr": lr, "images_per_s": round(speed, 2)})
             if dist_mod.any_across(env, stop.requested):
                 interrupted = True
                 break
@@ -271,18 +288,20 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
             save_last()
             raise TrainingInterrupted(f"{stop.signal_name or 'stop'} at step {step}; saved {str(out / 'last')!r}")
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": round(loss_value, 6)}
+        # Every row has every score column (empty between validations): metrics.csv keeps one header.
+        record.update(dict.fromkeys(task.score_columns))
         stop_early = False
         if (epoch + 1) % t.val_every == 0 or step >= total_steps:
             judged = ema.module if ema is not None else raw
-            cm = evaluate(judged, val_loader, num_classes=cfg.data.num_classes, ignore_index=cfg.data.ignore_index,
-                          device=device, amp=t.amp, channels_last=t.channels_last, progress=progress)
-            scores = cm.compute()
-            record.update(miou=scores["miou"], pixel_accuracy=scores["pixel_accuracy"], mean_dice=scores["mean_dice"])
-            if scores["miou"] > state["best_miou"]:
-                state.update(best_miou=scores["miou"], stale=0)
+            result = task.evaluate(judged, val_loader, device=device, amp=t.amp, channels_last=t.channels_last,
+                                   progress=progress)
+            cm = result.confusion if result.confusion is not None else cm
+            record.update(result.scores)
+            if result.best > state[best_key]:
+                state.update({best_key: result.best, "stale": 0})
                 ensure_finite("before saving best/", step, epoch + 1)
                 if env.is_main:
-                    save_model(judged, out / "best", {**meta, "scores": scores, "step": step})
+                    save_model(judged, out / "best", {**meta, "scores": result.details, "step": step})
             else:
                 state["stale"] += 1
             stop_early = t.early_stop_patience is not None and state["stale"] >= t.early_stop_patience
@@ -294,7 +313,7 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
             tqdm.write(format_record(record))
         if stop_early:
             if progress:
-                tqdm.write(f"early stop: no better validation mIoU for {state['stale']} validation(s)")
+                tqdm.write(f"early stop: no better validation {best_key[5:]} for {state['stale']} validation(s)")
             break
         if step >= total_steps:
             break
@@ -302,5 +321,5 @@ def _train(cfg: ExperimentCfg, env: dist_mod.DistEnv, stop: StopRequest, logger:
     if env.is_main:
         (out / "history.json").write_text(json.dumps(state["history"], indent=2))
         if t.plots:
-            logger.plots(confusion=cm, class_names=class_names(cfg.data))
+            logger.plots(confusion=cm, class_names=task.class_names() if cm is not None else [])
     return state

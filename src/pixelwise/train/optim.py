@@ -39,17 +39,19 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, encoder_lr
 
 
 def build_optimizer(cfg: ExperimentCfg, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW, Adam (weight decay as L2 in the gradient, the classic form) or SGD (Nesterov
-    momentum) over :func:`param_groups`."""
+    """AdamW, Adam (weight decay as L2 in the gradient, the classic form), RMSprop or SGD
+    (Nesterov momentum) over :func:`param_groups`."""
     t = cfg.train
     groups = param_groups(model, lr=t.lr, weight_decay=t.weight_decay, encoder_lr_mult=t.encoder_lr_mult)
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.lr)
     if t.optimizer == "adam":
         return torch.optim.Adam(groups, lr=t.lr)
+    if t.optimizer == "rmsprop":  # the stacked-hourglass paper's choice (landmarks recipe)
+        return torch.optim.RMSprop(groups, lr=t.lr)
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
-    raise ConfigError(f"train.optimizer {t.optimizer!r} is unknown; use adamw, adam or sgd")
+    raise ConfigError(f"train.optimizer {t.optimizer!r} is unknown; use adamw, adam, rmsprop or sgd")
 
 
 def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:

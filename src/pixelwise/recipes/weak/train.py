@@ -2,14 +2,14 @@
 
 The loop of BoxSup (Dai et al., ICCV 2015) with the box constraints and reset rule of
 Simple Does It (Khoreva et al., CVPR 2017); see :mod:`pixelwise.recipes.weak.boxes` for the label
-side. The training loop here is deliberately small and in-memory (the whole training set
-is an array): it is a recipe and a measurement tool, not a replacement for
-``pixelwise train``. Pseudo-masks made here can also be written to disk as PNG masks and
-trained on with the main trainer like any folder dataset.
+side. Training is in-memory (the whole training set is an array) and goes through the one
+training loop (:func:`pixelwise.train.fit.fit`). Pseudo-masks made here can also be written
+to disk as PNG masks and trained on with ``pixelwise train`` like any folder dataset.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,10 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset, default_collate
 
+from ...data import EpochSeeded
 from ...errors import DataError, PixelwiseError, TrainingError
 from ...metrics import ConfusionMatrix
 from ...runtime import autocast
+from ...tasks.base import Evaluation, StepOutput
+from ...train.fit import fit as train_fit
 from .boxes import IGNORE, PSEUDO_MODES, box_object_masks, boxes_from_mask, paint_boxes, refine_pseudo_mask
 
 __all__ = ["BoxTrainingResult", "fit", "predict", "pseudo_label_scores", "synthetic_arrays", "train_from_boxes"]
@@ -84,35 +88,82 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, steps: int,
     if len(images) != len(labels) or len(images) == 0:
         raise DataError(f"fit: {len(images)} images and {len(labels)} label maps; need the same non-zero number")
     device = torch.device(device)
-    model.to(device).train()
-    x_all, y_all = _to_input(images), torch.from_numpy(labels).long()
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
-    losses = []
-    for step in range(steps):
-        idx = torch.randint(len(x_all), (min(batch_size, len(x_all)),), generator=generator)
-        x, y = x_all[idx], y_all[idx]
-        flips = torch.rand(2, generator=generator)
+    task = _PseudoMaskTask(model, _to_input(images), torch.from_numpy(labels).long(), ignore_index=ignore_index,
+                           seed=seed)
+    amp_name = ("bf16" if device.type == "cpu" else "fp16") if amp else "none"
+    try:
+        rows, _ = train_fit(task, steps=steps, batch_size=min(batch_size, len(images)), lr=lr, optimizer="adamw",
+                         weight_decay=weight_decay, schedule="cosine", seed=seed, device=str(device), amp=amp_name)
+    except TrainingError as err:
+        raise TrainingError(f"fit: {err}; lower lr (now {lr})") from None
+    return [row["loss"] for row in rows]
+
+
+class _Arrays(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.x[index], "mask": self.y[index], "name": f"box_sample_{index}"}
+
+
+class _PseudoMaskTask:
+    """Training on in-memory pseudo-masks as a task of the one training loop: cross-entropy that
+    skips ``ignore_index``, random horizontal and vertical flips per batch."""
+
+    name = "box-supervision"
+    best_key = "best_neg_loss"
+    score_columns = ("loss",)
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ignore_index: int, seed: int) -> None:
+        self.model, self.data, self.ignore_index = model, _Arrays(x, y), ignore_index
+        self.generator = torch.Generator().manual_seed(seed)
+        self.collate = default_collate
+
+    def build_model(self) -> nn.Module:
+        return self.model  # trained in place
+
+    def dataset(self, split: str, *, train: bool) -> Dataset:
+        return self.data
+
+    def datasets(self):
+        return EpochSeeded(self.data), _Arrays(self.data.x[:1], self.data.y[:1])
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # Models with auxiliary outputs return a SegmentationOutput in training mode; the main logits suffice.
+        logits = logits if isinstance(logits, torch.Tensor) else logits.logits
+        if (y != self.ignore_index).any():
+            return F.cross_entropy(logits.float(), y, ignore_index=self.ignore_index)
+        return logits.sum() * 0.0  # an all-ignored batch: no signal, but no NaN either
+
+    def forward(self, model: nn.Module, batch, *, device: torch.device, amp: str, memory_format) -> StepOutput:
+        x, y = batch["image"], batch["mask"]
+        flips = torch.rand(2, generator=self.generator)
         if flips[0] < 0.5:
             x, y = x.flip(-1), y.flip(-1)
         if flips[1] < 0.5:
             x, y = x.flip(-2), y.flip(-2)
         x, y = x.to(device), y.to(device)
-        with _autocast(amp, device):
+        with autocast(device, amp):
             logits = model(x)
-        # Models with auxiliary outputs return a SegmentationOutput in training mode; the main logits suffice.
-        logits = logits if isinstance(logits, torch.Tensor) else logits.logits
-        loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index) if (y != ignore_index).any() \
-            else logits.sum() * 0.0  # an all-ignored batch: no signal, but no NaN either
-        if not torch.isfinite(loss):
-            raise TrainingError(f"fit: loss is {loss.item()} at step {step}; lower lr (now {lr})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.detach().item())
-    return losses
+        return StepOutput(loss=self._loss(logits, y), terms={}, images=len(x))
+
+    def batch_names(self, batch) -> list[str]:
+        return list(batch["name"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, *, device: torch.device, amp: str = "none",
+                 channels_last: bool = False, progress: bool = False) -> Evaluation:
+        return Evaluation(scores={"loss": math.nan}, best=0.0)  # rounds are scored by train_from_boxes
+
+    def model_meta(self) -> dict:
+        return {"task": "box-supervision"}
+
+    def class_names(self) -> list[str]:
+        return []
 
 
 @torch.no_grad()

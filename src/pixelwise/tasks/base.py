@@ -1,0 +1,92 @@
+"""The Task protocol: what the one training loop (:mod:`pixelwise.train.loop`) asks of a task.
+
+A task is everything that differs between, say, semantic segmentation and Mask R-CNN, and
+nothing else: how to build the network, the datasets and how to batch them, the loss of one
+micro-batch (its named terms, which the loop logs as ``loss_<term>``), evaluation (its score
+columns and the score that picks ``best/``) and what a saved model folder records. The loop
+owns the rest: processes (DDP), accumulation, AMP, EMA, schedules, checkpoints, resume,
+Ctrl-C, the NaN guard and logging.
+
+Adding a task is one file with a class that has these members, registered with
+``@register(TASKS, "name")`` (:mod:`pixelwise.registry`), and an entry in
+:func:`pixelwise.tasks.select.build_task`'s ``auto`` rule if it should be picked by model name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass
+class StepOutput:
+    """The loss of one micro-batch.
+
+    Attributes:
+        loss: scalar float32 tensor, the sum the optimiser minimises.
+        terms: its named parts as floats (logged as ``loss_<name>``).
+        images: how many images the micro-batch held (for images/s).
+        logits: ``(N, C, H, W)`` semantic logits, for the adversarial discriminator (None otherwise).
+    """
+
+    loss: Tensor
+    terms: dict[str, float]
+    images: int
+    logits: Tensor | None = None
+
+
+@dataclass
+class Evaluation:
+    """One validation.
+
+    Attributes:
+        scores: the task's score columns (:attr:`Task.score_columns`), floats, for metrics.csv.
+        best: the value that picks ``best/`` (higher is better).
+        details: everything else worth keeping (per-class scores), saved in ``best/config.json``.
+        confusion: a :class:`~pixelwise.metrics.ConfusionMatrix` for the plots, if the task has one.
+    """
+
+    scores: dict[str, float]
+    best: float
+    details: dict[str, Any] = field(default_factory=dict)
+    confusion: Any = None
+
+
+class Task(Protocol):
+    """What the loop needs from a task; see the module docstring."""
+
+    name: str  # "semantic", "instance"
+    best_key: str  # trainer state key of the best score: "best_miou", "best_mask_ap"
+    score_columns: tuple[str, ...]  # metrics.csv columns, present in every row
+    collate: Callable  # batches for the loaders
+
+    def build_model(self) -> nn.Module:
+        """The network, with a ``.config`` so :func:`pixelwise.hub.save_model` can save it."""
+
+    def dataset(self, split: str, *, train: bool) -> Dataset:
+        """One split, augmented when ``train``."""
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        """``(train, val)``; the train set's transform is re-seeded per (epoch, index)
+        (:class:`pixelwise.data.EpochSeeded`)."""
+
+    def forward(self, model: nn.Module, batch: Any, *, device: torch.device, amp: str,
+                memory_format: torch.memory_format) -> StepOutput:
+        """Move ``batch`` to ``device``, run ``model`` (training mode) under autocast, return the loss."""
+
+    def batch_names(self, batch: Any) -> list[str]:
+        """The sample names of a batch, for error messages."""
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, *, device: torch.device, amp: str,
+                 channels_last: bool, progress: bool) -> Evaluation:
+        """Score ``model`` on ``loader`` (every process its shard; results reduced across processes)."""
+
+    def model_meta(self) -> dict[str, Any]:
+        """What a saved model needs besides its weights: task, class names, preprocessing, mode."""
+
+    def class_names(self) -> list[str]:
+        """One name per class."""
