@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# PIXELWISE_BENCH_RESULTS redirects every script's output (gpu_check.sh writes into its own folder).
+RESULTS = Path(os.environ.get("PIXELWISE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def cpu_model() -> str:
