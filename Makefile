@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench bench-quick
 
 install: $(STAMP)
 
@@ -62,6 +62,23 @@ bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/bench_int8.py
 	$(BENCH_PY) benchmarks/bench_accuracy.py
 	$(BENCH_PY) benchmarks/bench_crf.py --device $(BENCH_DEVICE)
+
+# One model per benchmark, small sizes, few rounds: does a change still run, and which way do
+# the ratios move? Under 10 minutes on 2 CPU cores (about 6-7 min measured with the cores shared,
+# benchmarks/README.md). Results go to benchmarks/results/quick/ (git-ignored), never over the
+# committed full-size tables. bench_accuracy.py is left out: even 20 steps take ~8 minutes.
+BENCH_QUICK_OUT ?= benchmarks/results/quick
+bench-quick: $(BENCH_STAMP)
+	export PIXELWISE_BENCH_RESULTS=$(abspath $(BENCH_QUICK_OUT)); \
+	set -e; \
+	$(BENCH_PY) benchmarks/peak.py --device $(BENCH_DEVICE) --repeats 3; \
+	$(BENCH_PY) benchmarks/bench_metrics.py --device $(BENCH_DEVICE) --runs 10; \
+	$(BENCH_PY) benchmarks/bench_latency.py --device $(BENCH_DEVICE) --models unet_resnet34 --sizes 1x512 \
+	  --rounds 2 --warmup 1; \
+	$(BENCH_PY) benchmarks/bench_train.py --device $(BENCH_DEVICE) --models unet_resnet34 --repeats 1 --steps 2 \
+	  --warmup 1; \
+	$(BENCH_PY) benchmarks/bench_int8.py --steps 20 --calibration 8 --val 16 --rounds 2; \
+	$(BENCH_PY) benchmarks/bench_crf.py --device $(BENCH_DEVICE) --runs 2 --images 4 --size 128
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache
