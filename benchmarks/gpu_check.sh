@@ -19,7 +19,8 @@
 #
 # Settings (environment): PYTHON (default python3), GPU_CHECK_MODELS (default
 # unet_resnet34,deeplabv3plus_resnet50), GPU_CHECK_BATCH (32), GPU_CHECK_SIZE (512),
-# GPU_CHECK_AMP_DTYPE (bf16), GPU_CHECK_WHEELS (default <repo>/wheels).
+# GPU_CHECK_AMP_DTYPE (bf16), GPU_CHECK_WHEELS (default <repo>/wheels), GPU_CHECK_ORT=1 (also the
+# ONNX Runtime contender, if onnxruntime-gpu is there), GPU_CHECK_TESTS (default tests/test_cuda.py).
 set -u
 set -m  # job control: each step in its own process group (see run_step)
 
@@ -55,6 +56,8 @@ else
   B=${GPU_CHECK_BATCH:-32}; S=${GPU_CHECK_SIZE:-512}
   TRAIN_ARGS=(--batch "$B" --size "$S" --repeats 1 --steps 5 --warmup 2)
   LAT_ARGS=(--sizes "1x$S,${B}x$S" --rounds 5 --warmup 2)
+  # The ONNX export (torch.export + dynamo) costs tens of seconds per model and size: opt in.
+  [ "${GPU_CHECK_ORT:-0}" = 1 ] || LAT_ARGS+=(--no-ort all)
 fi
 # Per-step limits (seconds); they add up to under 8 minutes on the GPU.
 if [ "$DRY" = 1 ]; then T_ENV=60 T_DEPS=60 T_TESTS=120 T_TRAIN=240 T_LAT=240
@@ -169,9 +172,13 @@ bench_train() {  # one invocation per model, so that a timeout keeps the models 
   done
   return $rc
 }
-bench_latency() {
-  "$PY" "$ROOT/benchmarks/bench_latency.py" --device "$DEVICE" --models "$MODELS" --amp-dtype "$AMP_DTYPE" \
-    "${LAT_ARGS[@]}" --out gpu_latency
+bench_latency() {  # per model too
+  local model rc=0
+  for model in ${MODELS//,/ }; do
+    "$PY" "$ROOT/benchmarks/bench_latency.py" --device "$DEVICE" --models "$model" --amp-dtype "$AMP_DTYPE" \
+      "${LAT_ARGS[@]}" --out "gpu_latency_$model" || rc=$?
+  done
+  return $rc
 }
 
 cd "$ROOT" || exit 1
@@ -222,8 +229,7 @@ for train in sorted(out.glob("gpu_train_*.json")):
                   f"{peer[0]['median_step_ms'] / mine[0]['median_step_ms']:.2f}x the peer at equal settings, "
                   f"{100 * mine[0]['fraction_of_peak']:.1f}% of the measured {mine[0]['amp']} peak "
                   "(targets: ahead of the peer, >= 40% for U-Net-ResNet34)")
-lat = out / "gpu_latency.md"
-if lat.exists():
+for lat in sorted(out.glob("gpu_latency_*.md")):
     print("\n## Inference latency (bench_latency.py)\n\n" + lat.read_text())
 EOF
 } > "$OUTDIR/summary.md"

@@ -45,7 +45,7 @@ def test_dry_run_runs_every_step_on_the_cpu_and_writes_the_summary(tmp_path):
     contenders = [r["contender"] for r in train["rows"]]
     assert contenders[0] == "pixelwise fp32" and contenders[-1] == "smp fp32"
     assert all(r["median_step_ms"] > 0 and r["fraction_of_peak"] > 0 for r in train["rows"])
-    latency = json.loads((out / "gpu_latency.json").read_text())
+    latency = json.loads((out / "gpu_latency_unet_resnet34.json").read_text())
     assert {r["contender"] for r in latency["rows"]} >= {"pixelwise eager fp32", "smp eager fp32"}
     assert "## Training step" in summary and "## Inference latency" in summary
 
