@@ -61,7 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     shown = {"best_miou": "mIoU", "best_mask_ap": "mask AP"}.get(key, key[5:])
     print(f"done: {state['step']} steps, best validation {shown} {100 * state[key]:.2f}%; "
           f"checkpoints in {Path(cfg.train.out_dir) / 'best'} and {Path(cfg.train.out_dir) / 'last'}")
-    if semantic and not args.no_report:
+    if semantic and cfg.data.dataset != "volume" and not args.no_report:  # the report shows 2D images
         from .train.run_report import write_run_report
 
         report = write_run_report(cfg.train.out_dir, cfg, device=str(resolve_device(cfg.train.device)),
@@ -261,6 +261,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     out = convert(args.src, source=args.source, out=args.out)
     print(f"wrote {out} (config.json + model.safetensors); use it with eval/predict/export/serve "
           f"or as model.init_from in a train config")
+    return 0
 
 
 def _instance_export(args: argparse.Namespace) -> int:

@@ -271,8 +271,8 @@ def preflight(cfg, *, workers: int | None = None) -> CheckReport | None:
     Returns the report (None for generated datasets and readers the checker cannot read raw);
     raises :class:`DataError` listing the errors, each with its file and fix."""
     data = cfg.data if hasattr(cfg, "data") else cfg
-    if data.dataset == "synthetic":
-        return None  # generated from a seed: nothing on disk to check
+    if data.dataset in ("synthetic", "volume"):
+        return None  # generated from a seed, or 3D volumes (the checker reads 2D image/mask pairs)
     try:
         report = check_dataset(cfg, workers=workers)
     except ConfigError as err:

@@ -97,8 +97,8 @@ def resume_config(out_dir: str | Path, given: ExperimentCfg | None = None) -> Ex
     out = Path(out_dir)
     path = out / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"--resume: {str(path)!r} does not exist, so {str(out)!r} holds no run to resume; "
-                          f"run without --resume to start one")
+        raise ConfigError(f"--resume: no checkpoint in {str(out)!r} ({path.name} does not exist there), so it holds "
+                          f"no run to resume; run without --resume to start one")
     saved = config_mod.load(path)
     if given is None:
         return saved
