@@ -24,36 +24,22 @@ def _instance_predict(checkpoint: str, inputs: list[str], out: str, *, device: s
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import config
+    import time
+
+    from .data.check import preflight, preflight_summary
     from .runtime import resolve_device
     from .tasks.select import build_task
     from .train.loop import train
-    from .train.run_dir import resume_config
+    from .train.run_dir import load_run_config
 
-    if args.resume and Path(args.config).is_dir():  # the run folder itself: its own config.yaml
-        run = Path(args.config)
-        given = config.load(run / "config.yaml", [*args.set, f"train.out_dir={run}"])
-        cfg = resume_config(run, given)
-    elif args.resume:
-        given = config.load(args.config, args.set)
-        cfg = resume_config(given.train.out_dir, given)
-    else:
-        cfg = config.load(args.config, args.set)
+    cfg = load_run_config(args.config, args.set, resume=args.resume)
     task = build_task(cfg)
     semantic = task.name == "semantic" and not cfg.data.multilabel and cfg.data.num_classes > 1
     if semantic and not args.no_preflight and not args.resume and os.environ.get("RANK", "0") == "0":
-        import time
-
-        from .data.check import preflight
-
         tic = time.perf_counter()
         report = preflight(cfg)
         if report is not None and not args.quiet:
-            pairs = sum(split.pairs for split in report.splits)
-            warnings_ = sum(len(split.problems) - len(split.errors) for split in report.splits)
-            print(f"pre-flight: {pairs} image/mask pairs read in {time.perf_counter() - tic:.1f} s, no errors"
-                  + (f", {warnings_} warning(s) (pixelwise check shows them)" if warnings_ else "")
-                  + "; --no-preflight skips this")
+            print(preflight_summary(report, time.perf_counter() - tic))
     state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # torchrun: one summary line per job, from rank 0
         return 0
@@ -269,8 +255,9 @@ def _instance_export(args: argparse.Namespace) -> int:
     from .export.instance import export_instance_onnx
     from .hub import load_model
 
-    unsupported = [flag for flag, used in (("--format torchscript", args.format != "onnx"), ("--pipeline", args.pipeline),
-                                           ("--int8", args.int8), ("--static", args.static)) if used]
+    options = (("--format torchscript", args.format != "onnx"), ("--pipeline", args.pipeline),
+               ("--int8", args.int8), ("--static", args.static))
+    unsupported = [flag for flag, used in options if used]
     if unsupported:
         raise PixelwiseError(f"{args.checkpoint!r} holds an instance model, exported to ONNX at one image size "
                              f"(--height, --width); {', '.join(unsupported)} do(es) not apply to it")

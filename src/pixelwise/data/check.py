@@ -288,3 +288,12 @@ def preflight(cfg, *, workers: int | None = None) -> CheckReport | None:
                         f"{more}\nFix them (pixelwise check CONFIG shows the whole report), or skip this check with "
                         f"--no-preflight")
     return report
+
+
+def preflight_summary(report: CheckReport, seconds: float) -> str:
+    """The one line ``pixelwise train`` prints after a passed :func:`preflight`."""
+    pairs = sum(split.pairs for split in report.splits)
+    warnings = sum(len(split.problems) - len(split.errors) for split in report.splits)
+    return (f"pre-flight: {pairs} image/mask pairs read in {seconds:.1f} s, no errors"
+            + (f", {warnings} warning(s) (pixelwise check shows them)" if warnings else "")
+            + "; --no-preflight skips this")

@@ -20,7 +20,8 @@ from .. import config as config_mod
 from ..config import ExperimentCfg
 from ..errors import ConfigError
 
-__all__ = ["CHANGEABLE_ON_RESUME", "check_fresh", "clear_run", "config_diff", "is_run_dir", "resume_config"]
+__all__ = ["CHANGEABLE_ON_RESUME", "check_fresh", "clear_run", "config_diff", "is_run_dir", "load_run_config",
+           "resume_config"]
 
 RUN_FILES = ("config.yaml", "last", "best", ".last.old", "log.csv", "metrics.csv")
 
@@ -119,3 +120,15 @@ def resume_config(out_dir: str | Path, given: ExperimentCfg | None = None) -> Ex
     if not changes:
         return saved
     return dataclasses.replace(saved, **{s: dataclasses.replace(getattr(saved, s), **kv) for s, kv in changes.items()})
+
+
+def load_run_config(source: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                    resume: bool) -> ExperimentCfg:
+    """The config ``pixelwise train SOURCE [--set ...] [--resume]`` runs with: the YAML file with
+    its overrides, or with ``resume`` the run's own config (``SOURCE`` may be the run folder)
+    plus the overrides :func:`resume_config` allows."""
+    if resume and Path(source).is_dir():  # the run folder itself: its own config.yaml
+        run = Path(source)
+        return resume_config(run, config_mod.load(run / "config.yaml", [*overrides, f"train.out_dir={run}"]))
+    given = config_mod.load(source, overrides)
+    return resume_config(given.train.out_dir, given) if resume else given
