@@ -219,6 +219,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     common = {"height": args.height, "width": args.width, "dynamic": not args.static, "pipeline": args.pipeline,
               "mean": data.get("mean"), "std": data.get("std"), "layout": args.layout,
               "min_agreement": args.min_agreement}
+    if data.get("image_mode") == "raw" and (args.pipeline or args.int8):
+        raise PixelwiseError("this model reads stored pixel values (data.image_mode: raw): --pipeline and --int8 "
+                             "build in 8-bit RGB input; export the plain network (its input is the normalised "
+                             "float tensor, see the model card's Preprocessing) and normalise as "
+                             "pixelwise.data.intensity.Preprocess does")
     if args.int8 and (args.format != "onnx" or not args.calibrate):
         raise PixelwiseError("--int8 needs --format onnx and --calibrate IMAGES (files or folders of 16-64 images "
                              "like the ones the model will see; activation ranges come from them)")

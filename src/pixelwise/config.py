@@ -61,6 +61,12 @@ class DataCfg:
     crop_size: int = 64
     resize: Union[list, None] = None  # [height, width] every image and mask is resized to first
     augment: str = "standard"
+    # rgb: 8-bit RGB, mean/std on 0..1; raw: stored values and channels, normalised by
+    # `normalize` (dataset: mean/std on the stored scale; zscore/minmax: per image). See data/intensity.py.
+    image_mode: str = "rgb"
+    normalize: str = "dataset"
+    clip: Union[list, None] = None  # [low, high] on the stored scale, raw mode
+    clip_percentiles: Union[list, None] = None  # [low, high] per image and channel, raw mode
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     batch_size: int = 8
@@ -224,6 +230,8 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
      "a list of numbers, one per input channel"),
     ("data.resize", lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x >= 1 for x in v),
      "[height, width], two integers >= 1, or null"),
+    ("data.image_mode", lambda v: v in ("rgb", "raw"), "rgb (8-bit RGB) or raw (stored values and channels)"),
+    ("data.normalize", lambda v: v in ("dataset", "zscore", "minmax"), "dataset, zscore or minmax"),
     ("model.in_channels", _positive_int, "an integer >= 1"),
     ("train.epochs", _positive_int, "an integer >= 1"),
     ("train.lr", _positive, "a finite number > 0, e.g. 1e-3"),
@@ -282,6 +290,11 @@ def validate(cfg: ExperimentCfg) -> ExperimentCfg:
     if len(d.mean) != len(d.std):
         raise ConfigError(f"config keys 'data.mean' ({len(d.mean)} values) and 'data.std' ({len(d.std)} values) "
                           f"must have one value per input channel each")
+    if (d.image_mode == "raw" and d.normalize == "dataset" and len(d.mean) != cfg.model.in_channels
+            and d.mean != DataCfg().mean):
+        raise ConfigError(f"config key 'data.mean' has {len(d.mean)} values but model.in_channels is "
+                          f"{cfg.model.in_channels}; with data.image_mode: raw give one mean and std per channel "
+                          f"(pixelwise check measures them) and set model.in_channels to the images' channels")
     return cfg
 
 

@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .data.intensity import Preprocess
 from .errors import ConfigError
 from .models import MODELS, create_model
 from .models.maskrcnn import create_instance_model  # also fills registry.INSTANCE_MODELS
@@ -223,7 +224,7 @@ or `pixelwise predict path/to/this/folder images/ --out predictions/`.
 
 ## Preprocessing
 
-RGB pixels scaled to 0..1, then `(x - mean) / std` with mean `{data["mean"]}`, std `{data["std"]}`.
+{Preprocess.from_dict(data).describe()}
 
 ## Classes
 

@@ -2,7 +2,8 @@
 
 ``build_dataset(cfg, split, train=...)`` looks ``cfg.dataset`` up in ``registry.DATASETS``
 (``synthetic``: the embedded default; ``folder``: image/mask folders) and attaches the
-``cfg.augment`` preset. Every sample is ``{"image": (3, H, W) float, "mask": (H, W) int64, "name": str}``.
+``cfg.augment`` preset. Every sample is ``{"image": (3, H, W) float, "mask": (H, W) int64, "name": str}``
+(``(C, H, W)`` with ``data.image_mode: raw``, see :mod:`.intensity`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from . import synthetic as _synthetic
 from . import voc as _voc  # registers "voc", "voc_aug", "sbd"
 from . import volume as _volume  # registers "volume"
 from .folder import FolderDataset
+from .intensity import Preprocess
 from .io import (
     colorize,
     default_palette,
@@ -49,8 +51,14 @@ def build_dataset(cfg: DataCfg, split: str, *, train: bool) -> Dataset:
         builder = lookup(DATASETS, cfg.dataset, "dataset")
     except KeyError as err:
         raise ConfigError(f"data.dataset: {err.args[0]}") from None
+    preprocess = Preprocess.from_cfg(cfg)
+    if preprocess.raw and not getattr(builder, "raw_images", False):
+        readers = ", ".join(sorted(name for name, b in DATASETS.items() if getattr(b, "raw_images", False)))
+        raise ConfigError(f"data.image_mode: raw reads stored pixel values, which the {cfg.dataset!r} reader does "
+                          f"not support (it reads 8-bit RGB); readers with raw images: {readers}. Set "
+                          f"data.image_mode: rgb, or arrange the files as a folder dataset")
     transform = build_transform(cfg.augment, train=train, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std,
-                                ignore_index=cfg.ignore_index, resize=cfg.resize)
+                                ignore_index=cfg.ignore_index, resize=cfg.resize, preprocess=preprocess)
     return builder(cfg, split, train=train, transform=transform)
 
 
@@ -63,7 +71,8 @@ def check_channels(dataset: Dataset, in_channels: int, *, split: str) -> None:
     image = sample["image"] if isinstance(sample, dict) else sample[0]
     channels = int(image.shape[0])
     if channels != in_channels:
-        how = " (2D image files are read as RGB; grey files are replicated to 3 channels)" if channels == 3 else ""
+        how = (" (data.image_mode: rgb reads 2D image files as RGB, grey files replicated to 3 channels; "
+               "data.image_mode: raw keeps the stored channels)") if channels == 3 else ""
         raise ConfigError(f"model.in_channels is {in_channels} but split {split!r} delivers {channels}-channel images"
                           f"{how}; set model.in_channels: {channels}")
 

@@ -12,7 +12,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-__all__ = ["GridElastic", "PhotometricJitter"]
+__all__ = ["ChannelNormalize", "GridElastic", "PhotometricJitter"]
 
 
 class GridElastic(A.DualTransform):
@@ -101,3 +101,19 @@ class PhotometricJitter(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("brightness", "contrast", "saturation")
+
+
+class ChannelNormalize(A.ImageOnlyTransform):
+    """Stored pixel values -> float32 network input by a
+    :class:`~pixelwise.data.intensity.Preprocess` (``data.image_mode: raw``), as the first step,
+    so that the geometric steps after it pad with 0, the normalised mean."""
+
+    def __init__(self, preprocess, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.preprocess = preprocess
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return self.preprocess.array(img)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("preprocess",)

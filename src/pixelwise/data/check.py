@@ -34,15 +34,16 @@ from PIL import Image
 
 from ..config import DataCfg
 from ..errors import ConfigError, DataError
-from .check_report import CheckReport, PairStats, Problem, SplitReport
-from .folder import IMAGE_SUFFIXES, MASK_SUFFIXES
+from .check_report import CheckReport, PairStats, Problem, RawStats, SplitReport
+from .folder import IMAGE_SUFFIXES, MASK_SUFFIXES, RAW_IMAGE_SUFFIXES
 
 __all__ = ["check_dataset", "check_split", "inspect_pair", "analyse_pair", "scan_folder", "PairStats", "CheckReport",
            "SplitReport", "Problem"]
 
 
-def scan_folder(root: str | Path) -> tuple[list[tuple[Path, Path]], list[Problem]]:
-    """Pair ``root/images/*`` with ``root/masks/*`` by stem, reporting every pairing problem.
+def scan_folder(root: str | Path, image_mode: str = "rgb") -> tuple[list[tuple[Path, Path]], list[Problem]]:
+    """Pair ``root/images/*`` with ``root/masks/*`` by stem, reporting every pairing problem
+    (``image_mode="raw"`` also takes ``.npy`` images).
 
     Returns:
         ``(pairs, problems)``: matched ``(image_path, mask_path)`` sorted by stem, and
@@ -52,7 +53,8 @@ def scan_folder(root: str | Path) -> tuple[list[tuple[Path, Path]], list[Problem
     root = Path(root)
     problems: list[Problem] = []
     found: list[dict[str, Path]] = []
-    for sub, suffixes, what in (("images", IMAGE_SUFFIXES, "image"), ("masks", MASK_SUFFIXES, "mask")):
+    image_suffixes = RAW_IMAGE_SUFFIXES if image_mode == "raw" else IMAGE_SUFFIXES
+    for sub, suffixes, what in (("images", image_suffixes, "image"), ("masks", MASK_SUFFIXES, "mask")):
         folder, by_stem = root / sub, {}
         if not folder.is_dir():
             problems.append(Problem("error", "missing_folder", str(folder),
@@ -63,9 +65,11 @@ def scan_folder(root: str | Path) -> tuple[list[tuple[Path, Path]], list[Problem
                 if not path.is_file() or path.name.startswith("."):
                     continue  # editor/OS leftovers, as FolderDataset skips them
                 if path.suffix.lower() not in suffixes:
+                    hint = ("; NumPy images are read with data.image_mode: raw"
+                            if what == "image" and path.suffix.lower() == ".npy" else "")
                     problems.append(Problem("warning", "ignored_file", str(path),
                                             f"{what} folder holds {path.name!r} whose suffix is not one of "
-                                            f"{'/'.join(sorted(suffixes))}; it is ignored"))
+                                            f"{'/'.join(sorted(suffixes))}; it is ignored{hint}"))
                 elif path.stem in by_stem:
                     problems.append(Problem("error", "duplicate_name", str(path),
                                             f"two {what} files share the name {path.stem!r}: "
@@ -99,10 +103,15 @@ def _label_counts(mask: np.ndarray) -> dict[int, int]:
 
 
 def analyse_pair(image: np.ndarray | None, mask: np.ndarray | None, *, name: str, image_path: str, mask_path: str,
-                 num_classes: int, ignore_index: int) -> PairStats:
-    """Statistics and problems of one decoded pair (either array may be None if unreadable)."""
+                 num_classes: int, ignore_index: int, raw: bool = False) -> PairStats:
+    """Statistics and problems of one decoded pair (either array may be None if unreadable).
+
+    An ``(H, W, 3)`` uint8 image gets the exact RGB histogram; stored values (``raw``, or any
+    other dtype/channel count) get per-channel :class:`RawStats`."""
     stats = PairStats(name=name)
-    if image is not None:
+    if image is not None and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or raw):
+        stats.raw = RawStats.of(image if image.ndim == 3 else image[:, :, None])
+    elif image is not None:
         offsets = np.arange(3, dtype=np.intp) * 256
         hist = np.bincount((image.reshape(-1, 3) + offsets).ravel(), minlength=768)
         stats.channel_hist = hist.reshape(3, 256).astype(np.int64)
@@ -140,18 +149,43 @@ def _colour_mask(path: str) -> list[tuple[int, ...]] | None:
     return None if colours is None else sorted(c for _, c in colours)
 
 
-def inspect_pair(image_path: str, mask_path: str, num_classes: int, ignore_index: int) -> PairStats:
+def _rgb_findings(stored: np.ndarray, path: str) -> list[Problem]:
+    """What RGB reading loses of a stored image: 16-bit values crushed to a few grey levels."""
+    if stored.dtype != np.uint16:
+        return []
+    high = int(stored.max()) if stored.size else 0
+    levels = (high + 128) // 257 + 1
+    channels = stored.shape[2]
+    fix = (f"set data.image_mode: raw to read the stored values (and model.in_channels: "
+           f"{1 if channels == 1 else channels})")
+    if high < 4096:
+        return [Problem("error", "crushed_16bit", path,
+                        f"image {path!r} is 16-bit with values up to {high}: RGB reading scales 65535 -> 255, "
+                        f"which leaves it {levels} grey level(s) and destroys the image; {fix}")]
+    return [Problem("warning", "scaled_16bit", path,
+                    f"image {path!r} is 16-bit (values up to {high}); RGB reading scales it to 8 bits and loses "
+                    f"precision; {fix} to keep it")]
+
+
+def inspect_pair(image_path: str, mask_path: str, num_classes: int, ignore_index: int,
+                 image_mode: str = "rgb") -> PairStats:
     """Read one image/mask pair from disk and analyse it; never raises on bad files.
 
-    A module-level function, so a process pool can pickle it (benchmarks/bench_data.py times one).
+    With ``image_mode="rgb"`` the image is read as training reads it (8-bit RGB), and a 16-bit
+    file whose values RGB reading would crush is an error. A module-level function, so a
+    process pool can pickle it (benchmarks/bench_data.py times one).
     """
-    from .io import read_image, read_mask
+    from .io import raw_to_rgb, read_mask, read_raw_image
 
     problems: list[Problem] = []
     image = mask = colours = None
     try:
-        image = read_image(image_path)
+        image = read_raw_image(image_path)
+        if image_mode != "raw":
+            problems += _rgb_findings(image, image_path)
+            image = raw_to_rgb(image, image_path)
     except DataError as err:
+        image = None
         problems.append(Problem("error", "unreadable_image", image_path, str(err)))
     try:
         mask = read_mask(mask_path)
@@ -160,7 +194,7 @@ def inspect_pair(image_path: str, mask_path: str, num_classes: int, ignore_index
         kind = "colour_mask" if colours is not None else "unreadable_mask"
         problems.append(Problem("error", kind, mask_path, str(err)))
     stats = analyse_pair(image, mask, name=Path(image_path).stem, image_path=image_path, mask_path=mask_path,
-                         num_classes=num_classes, ignore_index=ignore_index)
+                         num_classes=num_classes, ignore_index=ignore_index, raw=image_mode == "raw")
     stats.problems[:0] = problems
     stats.colours = colours
     return stats
@@ -204,9 +238,10 @@ def check_split(cfg: DataCfg, split: str, *, workers: int = 0) -> SplitReport:
         if cfg.root is None:
             raise ConfigError("data.dataset is 'folder' but data.root is not set; set data.root "
                               "(or --set data.root=...)")
-        pairs, problems = scan_folder(Path(cfg.root) / split)
+        mode = getattr(cfg, "image_mode", "rgb")
+        pairs, problems = scan_folder(Path(cfg.root) / split, mode)
         report.problems.extend(problems)
-        results = _run(inspect_pair, [(str(i), str(m), k, ignore) for i, m in pairs], workers=workers)
+        results = _run(inspect_pair, [(str(i), str(m), k, ignore, mode) for i, m in pairs], workers=workers)
     else:
         from . import build_dataset
 
@@ -255,13 +290,40 @@ def check_dataset(cfg, splits: list[str] | tuple[str, ...] | None = None, *,
     workers = (os.cpu_count() or 1) if workers is None else workers
     reports = [check_split(data, s, workers=workers) for s in splits]
     in_channels = getattr(getattr(cfg, "model", None), "in_channels", None)
+    _check_raw_channels(data, reports, in_channels)
     read_as_rgb = next((r for r in reports if int(r.channel_hist.sum())), None)  # 2D images, read as RGB
     if in_channels is not None and in_channels != 3 and read_as_rgb is not None:
         read_as_rgb.problems.append(Problem(
             "error", "channel_mismatch", read_as_rgb.split,
             f"model.in_channels is {in_channels} but the images are read as RGB (3 channels; grey files are "
-            f"replicated), so training would fail at its first step; set model.in_channels: 3"))
+            f"replicated), so training would fail at its first step; set model.in_channels: 3, or "
+            f"data.image_mode: raw to read the stored channels"))
     return CheckReport(splits=reports)
+
+
+def _check_raw_channels(data: DataCfg, reports: list[SplitReport], in_channels: int | None) -> None:
+    """Raw mode: the images' channel count against model.in_channels and data.mean/std."""
+    if getattr(data, "image_mode", "rgb") != "raw":
+        return
+    found = next((r for r in reports if r.raw is not None), None)
+    if found is None:
+        return
+    channels = found.raw.channels
+    for r in reports:
+        if r.raw is not None and r.raw.channels != channels:
+            r.problems.append(Problem("error", "channel_count", r.split,
+                                      f"split {r.split!r} has {r.raw.channels}-channel images but split "
+                                      f"{found.split!r} has {channels}; every split needs the same channels"))
+    if in_channels is not None and in_channels != channels:
+        found.problems.append(Problem("error", "channel_mismatch", found.split,
+                                      f"model.in_channels is {in_channels} but the images have {channels} "
+                                      f"channel(s); set model.in_channels: {channels}"))
+    defaults = DataCfg()
+    if getattr(data, "normalize", "dataset") == "dataset" and (data.mean, data.std) != (defaults.mean, defaults.std) \
+            and len(data.mean) != channels:
+        found.problems.append(Problem("error", "channel_mismatch", found.split,
+                                      f"data.mean/data.std have {len(data.mean)} value(s) but the images have "
+                                      f"{channels} channel(s); paste the statistics this report prints"))
 
 
 def preflight(cfg, *, workers: int | None = None) -> CheckReport | None:

@@ -22,6 +22,61 @@ from pathlib import Path
 import numpy as np
 
 EXAMPLES = 5  # files named per bad label value
+SAMPLE_PIXELS = 4096  # pixels per image kept for the raw-mode percentile estimate
+PERCENTILES = (0.5, 99.5)
+
+
+@dataclass
+class RawStats:
+    """Per-channel statistics of stored pixel values (``data.image_mode: raw``), mergeable.
+
+    Mean and variance are combined with Chan et al.'s pairwise update (count, mean, M2),
+    stable where a sum of squares of 16-bit values would lose digits; the percentiles come
+    from an evenly strided subsample of every image (``SAMPLE_PIXELS`` each).
+    """
+
+    dtype: str
+    channels: int
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    sample: np.ndarray  # (n, C) float64
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> RawStats:
+        flat = image.reshape(-1, image.shape[2])
+        values = flat.astype(np.float64)
+        mean = values.mean(axis=0) if len(values) else np.zeros(flat.shape[1])
+        stride = max(1, len(values) // SAMPLE_PIXELS)
+        return cls(dtype=str(image.dtype), channels=int(image.shape[2]), count=len(values), mean=mean,
+                   m2=((values - mean) ** 2).sum(axis=0), low=values.min(axis=0) if len(values) else mean,
+                   high=values.max(axis=0) if len(values) else mean, sample=values[::stride].copy())
+
+    def merge(self, other: RawStats) -> None:
+        """Fold ``other`` (same channel count) into this one."""
+        n = self.count + other.count
+        if n:
+            delta = other.mean - self.mean
+            self.m2 = self.m2 + other.m2 + delta ** 2 * self.count * other.count / n
+            self.mean = self.mean + delta * other.count / n
+        self.count = n
+        self.low, self.high = np.minimum(self.low, other.low), np.maximum(self.high, other.high)
+        self.sample = np.concatenate([self.sample, other.sample])
+        if other.dtype != self.dtype and other.dtype not in self.dtype.split("/"):
+            self.dtype = f"{self.dtype}/{other.dtype}"
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.count, 1))
+
+    def to_dict(self) -> dict:
+        low_p, high_p = np.percentile(self.sample, PERCENTILES, axis=0) if len(self.sample) else (self.low, self.high)
+        return {"dtype": self.dtype, "channels": self.channels, "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "min": self.low.tolist(), "max": self.high.tolist(),
+                "percentiles": {str(PERCENTILES[0]): np.atleast_1d(low_p).tolist(),
+                                str(PERCENTILES[1]): np.atleast_1d(high_p).tolist()}}
 
 
 @dataclass
@@ -47,6 +102,7 @@ class PairStats:
     labels: dict[int, int] = field(default_factory=dict)
     channel_hist: np.ndarray | None = None
     colours: list[tuple[int, ...]] | None = None
+    raw: RawStats | None = None
 
 
 def median_frequency_weights(class_pixels: np.ndarray, present_pixels: np.ndarray) -> np.ndarray:
@@ -90,11 +146,21 @@ class SplitReport:
     channel_hist: np.ndarray = field(default_factory=lambda: np.zeros((3, 256), np.int64))
     colours: set = field(default_factory=set)
     colour_masks: int = 0
+    raw: RawStats | None = None  # stored-value statistics of the images with the usual channel count
+    raw_by_channels: dict[int, RawStats] = field(default_factory=dict)
+    names_by_channels: dict[int, list[str]] = field(default_factory=dict)
 
     def add(self, stats: PairStats) -> None:
         """Fold one pair's :class:`~pixelwise.data.check.PairStats` into the totals."""
         self.pairs += 1
         self.problems.extend(stats.problems)
+        if stats.raw is not None:
+            found = self.raw_by_channels.get(stats.raw.channels)
+            if found is None:
+                self.raw_by_channels[stats.raw.channels] = stats.raw
+            else:
+                found.merge(stats.raw)
+            self.names_by_channels.setdefault(stats.raw.channels, []).append(stats.name)
         if stats.channel_hist is not None:
             self.channel_hist += stats.channel_hist
         if stats.colours is not None:
@@ -110,7 +176,19 @@ class SplitReport:
                 self.bad_files.setdefault(value, []).append(bad_path)
 
     def finish(self) -> None:
-        """Split-level problems, once every pair is in: masks saved black/white (0/255)."""
+        """Split-level problems, once every pair is in: masks saved black/white (0/255), images
+        whose channel count differs from the split's usual one."""
+        if self.raw_by_channels:
+            usual = max(self.names_by_channels, key=lambda c: len(self.names_by_channels[c]))
+            self.raw = self.raw_by_channels[usual]
+            for channels, names in sorted(self.names_by_channels.items()):
+                if channels != usual:
+                    shown = ", ".join(names[:EXAMPLES]) + (", ..." if len(names) > EXAMPLES else "")
+                    self.problems.append(Problem(
+                        "error", "channel_count", names[0],
+                        f"{len(names)} image(s) of split {self.split!r} have {channels} channel(s) ({shown}) but "
+                        f"{len(self.names_by_channels[usual])} have {usual}: every image needs the same channels, "
+                        f"in the same order; re-export them or remove them"))
         if (self.num_classes >= 2 and self.ignore_index == 255 and self.labels and 255 in self.labels
                 and set(self.labels) <= {0, 255}):
             self.problems.append(Problem(
@@ -200,6 +278,7 @@ class SplitReport:
             "ignore_pixels": self.labels.get(self.ignore_index, 0),
             "labels_out_of_range": bad,
             "mean": ms[0] if ms else None, "std": ms[1] if ms else None,
+            "raw": self.raw.to_dict() if self.raw is not None else None,
             "suggestions": self.suggestions(),
         }
 
@@ -264,6 +343,19 @@ class CheckReport:
             if d["mean"] is not None:
                 lines.append("  image mean " + ", ".join(f"{v:.4f}" for v in d["mean"]) + "  std "
                              + ", ".join(f"{v:.4f}" for v in d["std"]) + " (RGB, 0..1: data.mean / data.std)")
+            if d["raw"] is not None:
+                r = d["raw"]
+
+                def nums(values: list[float]) -> str:
+                    return ", ".join(f"{v:.6g}" for v in values)
+
+                low, high = (r["percentiles"][str(p)] for p in PERCENTILES)
+                lines += [f"  images: {r['channels']} channel(s), stored as {r['dtype']}, values {nums(r['min'])} .. "
+                          f"{nums(r['max'])} (per channel)",
+                          f"  percentiles {PERCENTILES[0]} / {PERCENTILES[1]}: [{nums(low)}] / [{nums(high)}] "
+                          f"(data.clip, or data.clip_percentiles: [{PERCENTILES[0]}, {PERCENTILES[1]}])",
+                          "  stored-value statistics for data.normalize: dataset:",
+                          f"    data.mean: [{nums(r['mean'])}]", f"    data.std: [{nums(r['std'])}]"]
             lines += [f"  hint: {s}" for s in d["suggestions"]]
         lines.append("dataset OK" if self.ok else "dataset has ERRORS (exit status 1)")
         return "\n".join(lines)

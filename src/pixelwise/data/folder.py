@@ -1,4 +1,8 @@
-"""Plain image/mask folders: ``ROOT/images/NAME.ext`` + ``ROOT/masks/NAME.png`` matched by stem."""
+"""Plain image/mask folders: ``ROOT/images/NAME.ext`` + ``ROOT/masks/NAME.png`` matched by stem.
+
+With ``data.image_mode: raw`` the images are read as stored (16-bit, float, N channels, and
+``.npy`` arrays too) and normalised by :class:`~pixelwise.data.intensity.Preprocess`.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..registry import DATASETS, register
-from .io import read_image, read_mask
+from .intensity import IMAGE_MODES
+from .io import read_image, read_mask, read_raw_image
 from .transforms import make_sample
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+# data.image_mode: raw also reads NumPy arrays (H, W) / (H, W, C) saved with np.save.
+RAW_IMAGE_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 MASK_SUFFIXES = frozenset({".png", ".tif", ".tiff"})
 LAYOUT = "ROOT/images/NAME.(png|jpg|tif...) and ROOT/masks/NAME.png"
 
@@ -43,22 +50,29 @@ class FolderDataset(Dataset):
         num_classes: labels must lie in ``[0, num_classes)`` or equal ``ignore_index``.
         ignore_index: label that marks pixels excluded from losses and metrics.
         transform: ``(image, mask) -> (FloatTensor (3, H, W), LongTensor (H, W))``.
+        image_mode: ``"rgb"`` (8-bit RGB) or ``"raw"`` (stored dtype and channels, ``.npy`` too).
 
     Each item is ``{"image": FloatTensor (3, H, W), "mask": LongTensor (H, W), "name": stem}``.
     """
 
     def __init__(self, root: str | Path, *, num_classes: int, ignore_index: int = 255,
-                 transform: Callable | None = None, image_dir: str = "images", mask_dir: str = "masks") -> None:
+                 transform: Callable | None = None, image_dir: str = "images", mask_dir: str = "masks",
+                 image_mode: str = "rgb") -> None:
         root = Path(root)
+        if image_mode not in IMAGE_MODES:
+            raise DataError(f"image_mode is {image_mode!r}; valid: {', '.join(IMAGE_MODES)}")
+        self.read = read_raw_image if image_mode == "raw" else read_image
+        suffixes = RAW_IMAGE_SUFFIXES if image_mode == "raw" else IMAGE_SUFFIXES
         images_path, masks_path = root / image_dir, root / mask_dir
         for path in (root, images_path, masks_path):
             if not path.is_dir():
                 raise DataError(f"dataset folder {str(path)!r} does not exist; expected the layout {LAYOUT}")
-        images = _by_stem(images_path, IMAGE_SUFFIXES, "image")
+        images = _by_stem(images_path, suffixes, "image")
         masks = _by_stem(masks_path, MASK_SUFFIXES, "mask")
         if not images:
             raise DataError(f"empty dataset folder: {str(images_path)!r} holds no images "
-                            f"({', '.join(sorted(IMAGE_SUFFIXES))}); expected the layout {LAYOUT}")
+                            f"({', '.join(sorted(suffixes))}); expected the layout {LAYOUT}"
+                            + ("; .npy images need data.image_mode: raw" if any(images_path.glob("*.npy")) else ""))
         unmatched = [stem for stem in images if stem not in masks]
         if unmatched:
             shown = ", ".join(images[s].name for s in unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
@@ -78,9 +92,15 @@ class FolderDataset(Dataset):
         return len(self.pairs)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read and check pair ``index``: image ``(H, W, 3)`` uint8, mask ``(H, W)`` int64."""
+        """Read and check pair ``index``: image ``(H, W, 3)`` uint8 (raw: ``(H, W, C)`` as stored),
+        mask ``(H, W)`` int64."""
         image_path, mask_path = self.pairs[index]
-        image, mask = read_image(image_path), read_mask(mask_path)
+        image, mask = self.read(image_path), read_mask(mask_path)
+        channels = getattr(self.transform, "channels", None)
+        if channels is not None and image.shape[2] != channels:
+            raise DataError(f"image {str(image_path)!r} has {image.shape[2]} channel(s) but the model's input takes "
+                            f"{channels} (data.mean/data.std have one value per channel); give every image the "
+                            f"same channels, or measure the statistics again with pixelwise check")
         if image.shape[:2] != mask.shape:
             raise DataError(f"mask {str(mask_path)!r} is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
                             f"{str(image_path)!r} is {image.shape[1]}x{image.shape[0]}; masks must have their "
@@ -105,4 +125,7 @@ def build_folder(cfg, split: str, *, train: bool, transform: Callable | None) ->
         raise DataError("data.dataset is 'folder' but data.root is not set; set data.root to the folder "
                         f"holding the splits ({LAYOUT} inside ROOT/<split>/)")
     return FolderDataset(Path(cfg.root) / split, num_classes=cfg.num_classes, ignore_index=cfg.ignore_index,
-                         transform=transform)
+                         transform=transform, image_mode=getattr(cfg, "image_mode", "rgb"))
+
+
+build_folder.raw_images = True  # build_dataset: this reader takes data.image_mode: raw

@@ -1,6 +1,10 @@
 """Reading and writing images and label masks, with errors that name the file.
 
-Images are returned as ``(H, W, 3)`` uint8 RGB whatever is on disk (grey, RGBA, 16-bit).
+Images are read in one of two ways (``data.image_mode``): :func:`read_image` returns
+``(H, W, 3)`` uint8 RGB whatever is on disk (grey replicated, alpha dropped, 16-bit scaled to
+8), the input photographs and ImageNet encoders expect; :func:`read_raw_image` returns what is
+stored, ``(H, W, C)`` of the file's own dtype (16-bit microscopy, float or multi-band
+satellite images, NumPy ``.npy`` arrays), for :mod:`pixelwise.data.intensity` to normalise.
 Masks are returned as ``(H, W)`` int64 class indices and must be stored as index images:
 single-channel PNG/TIFF (the pixel value is the class) or palette PNG (the palette index
 is the class, the colours are only for display; this is how PASCAL VOC ships its masks).
@@ -26,6 +30,9 @@ from ..errors import DataError
 __all__ = [
     "read_image",
     "decode_image",
+    "read_raw_image",
+    "decode_raw_image",
+    "raw_to_rgb",
     "check_pixels",
     "max_image_pixels",
     "read_mask",
@@ -110,9 +117,147 @@ def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
         # intensity means the same thing in every image of a dataset.
         return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
     raise DataError(
-        f"image file {str(path)!r} has pixel type {array.dtype}; only 8- and 16-bit images are "
-        f"supported: convert it to 8-bit"
+        f"image file {str(path)!r} has pixel type {array.dtype}; RGB reading takes 8- and 16-bit images only: "
+        f"set data.image_mode: raw to read the stored values as they are (normalised explicitly, see "
+        f"docs/data.md), or convert the file to 8-bit"
     )
+
+
+# Channels-last is assumed up to this many channels; an array whose last axis is larger and whose
+# first axis is not is almost certainly channels-first (C, H, W).
+_MAX_CHANNELS = 64
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _hwc(array: np.ndarray, path: Path, axes: str | None = None) -> np.ndarray:
+    """``(H, W)`` / ``(H, W, C)`` (or, from a TIFF, a channel axis named by ``axes``) -> ``(H, W, C)``."""
+    if axes is not None and array.ndim == len(axes):
+        keep = [i for i, n in enumerate(array.shape) if n != 1 or axes[i] in "YX"]
+        array, axes = array.reshape([array.shape[i] for i in keep]), "".join(axes[i] for i in keep)
+        if array.ndim == 3:
+            named = next((i for i, a in enumerate(axes) if a in "SC"), None)
+            if named is not None:
+                return np.ascontiguousarray(np.moveaxis(array, named, -1))
+            if axes[0] in "ZT":
+                raise DataError(f"image file {str(path)!r} is a stack of {array.shape[0]} 2D images (TIFF axes "
+                                f"{axes}); read 3D data as volumes (data.dataset: volume) or save one 2D image "
+                                f"per file")
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim != 3:
+        raise DataError(f"image file {str(path)!r} holds an array of shape {array.shape}; a 2D image is (H, W) or "
+                        f"(H, W, C)")
+    if array.shape[2] > _MAX_CHANNELS and array.shape[0] <= _MAX_CHANNELS:
+        raise DataError(f"image file {str(path)!r} holds shape {array.shape}, which looks channels-first (C, H, W); "
+                        f"images are stored channels-last: save np.moveaxis(array, 0, -1)")
+    return array
+
+
+def _decode_npy(data: bytes, path: Path) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - ValueError (pickled objects), EOFError, OSError, ...
+        raise _corrupt(path, "image", f"{type(err).__name__}: {err}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+        kind = type(array).__name__ if not isinstance(array, np.ndarray) else f"dtype {array.dtype}"
+        raise DataError(f"image file {str(path)!r} holds {kind}; a NumPy image is one (H, W) or (H, W, C) array "
+                        f"of integers or floats saved with np.save")
+    return array.astype(np.uint8) if array.dtype == bool else array
+
+
+def _decode_tiff(data: bytes, path: Path) -> np.ndarray | None:
+    """A TIFF with tifffile (any channel count and pixel type); None where tifffile is missing or
+    cannot decode it (compressions that need imagecodecs): OpenCV then tries."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            series = tif.series[0]
+            return _hwc(series.asarray(), path, series.axes)
+    except DataError:
+        raise
+    except Exception:  # noqa: BLE001 - tifffile raises many types; OpenCV gets its chance
+        return None
+
+
+def decode_raw_image(data: bytes, path: str | os.PathLike = "<uploaded bytes>") -> np.ndarray:
+    """Decode an image with its stored pixel type and every channel (``data.image_mode: raw``).
+
+    PNG, JPEG, BMP, WebP, TIFF (tifffile when installed: any channel count, 8/16/32-bit integers,
+    floats; channel axis from the TIFF's own axes) and NumPy ``.npy`` files (``(H, W)`` or
+    ``(H, W, C)``, no pickles). Colour channels are in RGB(A) order; nothing is scaled.
+
+    Returns:
+        ``(H, W, C)`` array of the stored dtype (bool becomes uint8).
+
+    Raises:
+        DataError: the bytes are empty, corrupt, channels-first, a stack, or hold NaN/infinity.
+    """
+    path = Path(path)
+    if not data:
+        raise DataError(f"image {str(path)!r} is empty (0 bytes)")
+    if data[:6] == b"\x93NUMPY":
+        array = _hwc(_decode_npy(data, path), path)
+    else:
+        check_pixels(data, path, "image")
+        array = _decode_tiff(data, path) if data[:4] in _TIFF_MAGIC else None
+        if array is None:
+            array = _decode_encoded(data, path)
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise DataError(f"image file {str(path)!r} has {int(bad.sum())} NaN/infinite value(s); they would make "
+                            f"the loss NaN: replace them (np.nan_to_num, or the sensor's no-data value) and re-save")
+    return array
+
+
+def _decode_encoded(data: bytes, path: Path) -> np.ndarray:
+    """PNG/JPEG/BMP/WebP/TIFF through OpenCV (PIL where OpenCV fails) -> ``(H, W, C)`` RGB(A) order."""
+    _check_jpeg_complete(data, path)
+    # imdecode on bytes rather than imread: imread returns None silently on failure and
+    # cannot open non-ASCII paths on Windows.
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is not None:
+        if array.ndim == 3 and array.shape[2] == 3:
+            return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+        if array.ndim == 3 and array.shape[2] == 4:
+            return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+        return _hwc(array, path)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                img = img.convert("RGBA" if img.mode == "PA" else "L" if img.mode == "1" else "RGB")
+            return _hwc(np.array(img), path)
+    except DataError:
+        raise
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        raise _corrupt(path, "image", f"{type(err).__name__}: {err}") from None
+
+
+def read_raw_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as stored: ``(H, W, C)`` of its own dtype (see :func:`decode_raw_image`)."""
+    path = Path(path)
+    return decode_raw_image(_read_bytes(path, "image"), path)
+
+
+def raw_to_rgb(array: np.ndarray, path: str | os.PathLike = "<uploaded bytes>") -> np.ndarray:
+    """What RGB reading makes of a :func:`decode_raw_image` array: ``(H, W, 3)`` uint8.
+
+    Grey is replicated, alpha dropped, 16-bit scaled 65535 -> 255; other pixel types and 2 or
+    more than 4 channels are refused with the ``data.image_mode: raw`` fix.
+    """
+    path = Path(path)
+    array = _to_uint8(array, path)
+    channels = array.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(array[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels in (3, 4):
+        return np.ascontiguousarray(array[:, :, :3])
+    raise DataError(f"image file {str(path)!r} has {channels} channels; RGB reading takes 1, 3 or 4: set "
+                    f"data.image_mode: raw to read every channel (and model.in_channels: {channels})")
 
 
 def _check_jpeg_complete(data: bytes, path: Path) -> None:
@@ -156,35 +301,9 @@ def decode_image(data: bytes, path: str | os.PathLike = "<uploaded bytes>") -> n
     ``path`` only names the source in error messages. Returns ``(H, W, 3)`` uint8 RGB.
     """
     path = Path(path)
-    if not data:
-        raise DataError(f"image {str(path)!r} is empty (0 bytes)")
-    check_pixels(data, path, "image")
-    _check_jpeg_complete(data, path)
-    # imdecode on bytes rather than imread: imread returns None silently on failure and
-    # cannot open non-ASCII paths on Windows.
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is not None:
-        array = _to_uint8(array, path)
-        if array.ndim == 2:
-            return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
-        channels = array.shape[2]
-        if channels == 1:
-            return cv2.cvtColor(array[:, :, 0], cv2.COLOR_GRAY2RGB)
-        if channels == 3:
-            return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
-        if channels == 4:
-            return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
-        raise DataError(f"image file {str(path)!r} has {channels} channels; expected 1, 3 or 4")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.mode.startswith("I;16"):
-                return cv2.cvtColor(_to_uint8(np.asarray(img, dtype=np.uint16), path), cv2.COLOR_GRAY2RGB)
-            return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
-    except DataError:
-        raise
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        raise _corrupt(path, "image", f"{type(err).__name__}: {err}") from None
+    if data[:6] == b"\x93NUMPY":
+        raise DataError(f"image {str(path)!r} is a NumPy array; NumPy images are read with data.image_mode: raw")
+    return raw_to_rgb(decode_raw_image(data, path), path)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

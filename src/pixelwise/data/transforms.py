@@ -2,7 +2,9 @@
 
 A transform is a callable ``(image uint8 (H, W, 3), mask int (H, W)) -> (image, mask)``
 returning an ``(3, H, W)`` float32 tensor normalised with ``mean``/``std`` (on the 0..1
-scale) and an ``(H, W)`` int64 tensor. Geometric steps move image and mask together;
+scale) and an ``(H, W)`` int64 tensor. With ``data.image_mode: raw`` the image is
+``(H, W, C)`` of any dtype, normalised first by :class:`~pixelwise.data.intensity.Preprocess`,
+and the result is ``(C, H, W)``; the photometric jitter (an RGB operation) is then skipped. Geometric steps move image and mask together;
 masks always use nearest-neighbour interpolation (a blended label is a wrong label),
 and every pixel that comes from outside the image (padding, rotation corners) gets
 ``ignore_index`` in the mask so it is left out of the loss and the metrics.
@@ -40,7 +42,8 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from .intensity import Preprocess
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -95,11 +98,14 @@ class SegTransform:
         compose: the albumentations pipeline, ending in ``Normalize`` (float32 HWC out; a
             final ``ToTensorV2`` is accepted too).
         ignore_index: mask fill value, used to choose a mask dtype OpenCV can warp.
+        channels: channels every image must have (None: any; ``data.image_mode: raw`` with
+            per-image normalisation).
     """
 
-    def __init__(self, compose: A.Compose, *, ignore_index: int) -> None:
+    def __init__(self, compose: A.Compose, *, ignore_index: int, channels: int | None = 3) -> None:
         self.compose = compose
         self.ignore_index = ignore_index
+        self.channels = channels
         self._worker_seed: int | None = None
 
     def reseed(self, seed: int) -> None:
@@ -115,8 +121,11 @@ class SegTransform:
             self._worker_seed = info.seed
             self.compose.set_random_seed(info.seed % 2**32)
         mask = np.asarray(mask)
-        if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:
-            raise ValueError(f"transform expects image (H, W, 3) and mask (H, W), got {image.shape} and {mask.shape}")
+        if (image.ndim != 3 or image.shape[:2] != mask.shape
+                or (self.channels is not None and image.shape[2] != self.channels)):
+            want = "C" if self.channels is None else self.channels
+            raise ValueError(f"transform expects image (H, W, {want}) and mask (H, W), got {image.shape} and "
+                             f"{mask.shape}")
         out = self.compose(image=image, mask=mask.astype(_mask_dtype(mask, self.ignore_index), copy=False))
         x, y = out["image"], out["mask"]
         # HWC -> CHW and the label widening in numpy: torch would spread these small copies
@@ -147,6 +156,7 @@ def build_transform(
     ignore_index: int = 255,
     seed: int | None = None,
     resize: Sequence[int] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> SegTransform:
     """Build a preset transform.
 
@@ -158,6 +168,10 @@ def build_transform(
         ignore_index: mask value for padded and out-of-image pixels.
         seed: seed for the augmentation generator (workers re-seed from torch anyway).
         resize: optional ``(height, width)`` every pair is resized to first.
+        preprocess: how stored pixels are normalised (:class:`~pixelwise.data.intensity.Preprocess`);
+            None is RGB with ``mean``/``std``. In raw mode the image is normalised first, so
+            padding and out-of-image pixels get 0 (the normalised mean), and the photometric
+            jitter (an RGB operation) is left out: N-channel images get geometric augmentation.
 
     Returns:
         callable ``(image uint8 (H, W, 3), mask int (H, W)) -> (FloatTensor (3, H, W),
@@ -166,16 +180,18 @@ def build_transform(
     import albumentations as A
     import cv2
 
-    from .augment_ops import PhotometricJitter
+    from .augment_ops import ChannelNormalize, PhotometricJitter
     from .warp import AffineElasticCrop
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown data.augment {preset!r}; valid presets: {', '.join(PRESETS)}")
-    if len(mean) != 3 or len(std) != 3:
+    if preprocess is None:
+        preprocess = Preprocess(mean=mean, std=std)
+    if not preprocess.raw and (len(preprocess.mean) != 3 or len(preprocess.std) != 3):
         raise ConfigError(f"data.mean and data.std need 3 values (R, G, B), got {list(mean)} and {list(std)}")
     if crop_size < 1:
         raise ConfigError(f"data.crop_size must be positive, got {crop_size}")
-    steps: list = []
+    steps: list = [ChannelNormalize(preprocess)] if preprocess.raw else []
     if resize is not None:
         if len(resize) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resize):
             raise ConfigError(f"data.resize must be [height, width] with two positive integers, got {resize!r}")
@@ -190,10 +206,12 @@ def build_transform(
                                     rotate_p=0.0 if preset == "scale_crop" else 0.5,
                                     elastic_p=0.5 if preset == "unet" else 0.0, elastic_grid=3,
                                     elastic_magnitude=0.02, fill=0, fill_mask=ignore_index)]
-        if preset != "scale_crop":
+        if preset != "scale_crop" and not preprocess.raw:
             steps.append(PhotometricJitter(brightness=0.2, contrast=0.2, saturation=0.2, p=0.8))
-    compose = A.Compose(steps + _normalise(mean, std), seed=seed)
-    return SegTransform(compose, ignore_index=ignore_index)
+    if not preprocess.raw:
+        steps += _normalise(preprocess.mean, preprocess.std)
+    compose = A.Compose(steps, seed=seed)
+    return SegTransform(compose, ignore_index=ignore_index, channels=preprocess.channels)
 
 
 def tta_for_preset(preset: str) -> str:
@@ -284,6 +302,10 @@ def pad_collate(batch: list[dict], ignore_index: int = 255) -> dict:
                 f"pad_collate: sample {sample.get('name', i)!r} has image {tuple(sample['image'].shape)} "
                 f"but mask {tuple(sample['mask'].shape)}; the mask must match the image's spatial size"
             )
+        if sample["image"].shape[0] != first.shape[0]:
+            raise DataError(f"image {sample.get('name', i)!r} has {sample['image'].shape[0]} channel(s) but "
+                            f"{batch[0].get('name', 0)!r} in the same batch has {first.shape[0]}: every image of a "
+                            f"dataset needs the same channels (pixelwise check lists each image's channels)")
     size = tuple(max(s["image"].shape[1 + a] for s in batch) for a in range(first.dim() - 1))
     images = first.new_zeros((len(batch), first.shape[0]) + size)
     masks = torch.full((len(batch),) + size, ignore_index, dtype=torch.long)

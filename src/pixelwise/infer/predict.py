@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..data.folder import IMAGE_SUFFIXES
+from ..data.folder import IMAGE_SUFFIXES, RAW_IMAGE_SUFFIXES
 from ..data.io import _atomic_write, write_image, write_mask
 from ..data.rle import coco_rle, rle_encode
 from ..errors import ConfigError, DataError
@@ -29,15 +29,17 @@ FORMATS = ("png", "color", "overlay", "coco-rle", "csv-rle")
 COCO_FILE, CSV_FILE = "predictions_coco.json", "predictions_rle.csv"
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted). Missing paths are an error."""
+def expand_inputs(inputs: Iterable[str | Path], suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted; ``suffixes`` names them: a
+    raw-mode model also reads ``.npy``). Missing paths are an error."""
     paths: list[Path] = []
+    suffixes = frozenset(suffixes)
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in suffixes and not f.name.startswith("."))
             if not found:
-                raise DataError(f"folder {str(p)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DataError(f"folder {str(p)!r} holds no images ({', '.join(sorted(suffixes))})")
             paths.extend(found)
         elif p.is_file():
             paths.append(p)
@@ -100,7 +102,7 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
     is flushed row by row, the COCO JSON is written even if the run is interrupted).
     Returns ``{"written": [names], "failed": [(path, reason)], "files": [summary files]}``.
     """
-    from .segmenter import Segmenter, to_rgb
+    from .segmenter import Segmenter
 
     formats = parse_formats(formats)
     seg = Segmenter.from_pretrained(model_dir, device=device, amp=amp, channels_last=channels_last, backend=backend)
@@ -108,7 +110,7 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
         raise ConfigError(f"{str(model_dir)!r} is a multilabel model (overlapping classes, bit-packed label PNGs); "
                           f"the coco-rle and csv-rle outputs hold one class per pixel: use png, color, overlay")
     ignore_index = int(seg.config.get("data", {}).get("ignore_index", 255))
-    paths = expand_inputs(inputs)
+    paths = expand_inputs(inputs, RAW_IMAGE_SUFFIXES if seg.raw else IMAGE_SUFFIXES)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -128,7 +130,7 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
             files.append(str(out / COCO_FILE))
         for index, path in enumerate(tqdm(paths, desc="predict", disable=not progress)):
             try:
-                image = to_rgb(path)
+                image = seg.load_image(path)
             except DataError as err:
                 failed.append((str(path), str(err)))
                 tqdm.write(f"skipped: {err}")
@@ -140,7 +142,7 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
             if "color" in formats:
                 write_image(out / f"{path.stem}_color.png", result.colorize())
             if "overlay" in formats:
-                write_image(out / f"{path.stem}_overlay.png", result.overlay(image))
+                write_image(out / f"{path.stem}_overlay.png", result.overlay(seg.display(image)))
             if "coco-rle" in formats:
                 coco += coco_rle_entries(result.labels, result.probs, image_id=index, file_name=path.name,
                                          class_names=seg.class_names, ignore_index=ignore_index)

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..data.intensity import Preprocess
 from ..data.io import colorize, default_palette, overlay, read_image
 from ..errors import ConfigError, DataError
 from ..hub import load_model, resolve, save_model, split_provenance, write_card
@@ -113,13 +114,18 @@ class Segmenter:
         mode: ``"multiclass"`` (softmax, argmax), ``"binary"`` (one logit, sigmoid, ``z > 0``;
             ``class_names`` then names background and foreground) or ``"multilabel"``
             (a sigmoid per class, bit-packed labels).
+        preprocessing: how images are read and normalised
+            (:class:`~pixelwise.data.intensity.Preprocess`); None is RGB with ``mean``/``std``.
+            A model trained with ``data.image_mode: raw`` takes images as stored (16-bit,
+            float, N channels, ``.npy``), which :meth:`load_image` reads.
     """
 
     def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
                  palette: np.ndarray | None = None, tile: int | None = None, device: str | torch.device = "cpu",
                  amp: str = "none", channels_last: bool = False, config: dict[str, Any] | None = None,
-                 model_fn=None, mode: str = "multiclass") -> None:
+                 model_fn=None, mode: str = "multiclass", preprocessing: Preprocess | None = None) -> None:
         self.mode = check_mode(mode)
+        self.preprocessing = preprocessing if preprocessing is not None else Preprocess(mean=mean, std=std)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if channels_last:
@@ -165,13 +171,13 @@ class Segmenter:
         meta = {k: v for k, v in config.items() if k != "model"}
         return cls(model, mean=data["mean"], std=data["std"], class_names=names, palette=config.get("palette"),
                    tile=config.get("tile"), device=device, amp=amp, channels_last=channels_last, config=meta,
-                   model_fn=model_fn, mode=mode)
+                   model_fn=model_fn, mode=mode, preprocessing=Preprocess.from_dict(data))
 
     def save_pretrained(self, folder: str | os.PathLike, *, model_card: bool = True) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (and a ``README.md`` model card) to ``folder``."""
         meta = dict(self.config)
         meta["data"] = {**meta.get("data", {}), "num_classes": self.num_outputs,
-                        "class_names": self.class_names, "mean": self.mean, "std": self.std, "mode": self.mode}
+                        "class_names": self.class_names, **self.preprocessing.to_dict(), "mode": self.mode}
         meta["data"].setdefault("ignore_index", 255)
         if not np.array_equal(self.palette, default_palette(len(self.palette))):
             meta["palette"] = self.palette.tolist()
@@ -185,8 +191,55 @@ class Segmenter:
             write_card(folder, split_provenance(getattr(model, "config", {}))[0], meta)
         return Path(folder)
 
+    @property
+    def raw(self) -> bool:
+        """True for a model trained on stored pixel values (``data.image_mode: raw``)."""
+        return self.preprocessing.raw
+
+    def load_image(self, image: ImageLike) -> np.ndarray:
+        """An image as this model reads it: ``(H, W, 3)`` uint8 RGB, or for a raw-mode model the
+        stored ``(H, W, C)`` values (a path is read with every channel, an array is kept)."""
+        if not self.raw:
+            return to_rgb(image)
+        if isinstance(image, (str, os.PathLike)):
+            array = self.preprocessing.read(image)
+        elif isinstance(image, Image.Image):
+            array = np.asarray(image)
+        elif isinstance(image, np.ndarray):
+            array = image
+        else:
+            raise DataError(f"cannot segment a {type(image).__name__}; pass a NumPy array (H, W) or (H, W, C), "
+                            f"a PIL image, a file path, or a list of these")
+        array = array[:, :, None] if array.ndim == 2 else array
+        if array.ndim != 3 or array.dtype.kind not in "biuf":
+            raise DataError(f"image array has shape {array.shape} and dtype {array.dtype}; this model takes "
+                            f"(H, W, {self.in_channels}) numbers")
+        return array
+
+    def decode(self, data: bytes, name: str = "upload") -> np.ndarray:
+        """Encoded bytes (an upload) -> :meth:`load_image`'s array."""
+        return self.preprocessing.decode(data, name)
+
+    def display(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 to draw overlays on: the RGB image itself, or for a raw-mode model
+        the first three channels (or the first, in grey), each stretched between its 1st and
+        99th percentile."""
+        if not self.raw:
+            return image
+        x = image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+        x = x.astype(np.float32)
+        low, high = np.percentile(x.reshape(-1, 3), (1, 99), axis=0)
+        x = (x - low) / np.maximum(high - low, 1e-12)
+        return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """``(H, W, 3)`` uint8 RGB -> ``(1, C_in, H, W)`` normalised float32 on the device."""
+        """``(H, W, 3)`` uint8 RGB (raw mode: the stored ``(H, W, C)``) -> ``(1, C_in, H, W)``
+        normalised float32 on the device."""
+        if self.raw:
+            if image.shape[2] != self.in_channels:
+                raise DataError(f"the image has {image.shape[2]} channel(s) but this model takes "
+                                f"{self.in_channels} (it was trained on {self.in_channels}-channel images)")
+            return self.preprocessing.tensor(image)[None].to(self.device)
         if self.in_channels == 1:
             image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
         elif self.in_channels != 3:
@@ -201,7 +254,8 @@ class Segmenter:
         """Segment one image or a list of images (a list gives a list of results).
 
         Args:
-            image: ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey array, PIL image, or file path.
+            image: ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey array, PIL image, or file path (a
+                raw-mode model: ``(H, W, C)`` stored values, or a file of them).
             tile: sliding-window tile size (None: the saved ``tile`` hint, else the whole image).
             overlap, blend, batch_size: sliding-window settings (see ``sliding_window``).
             tta: ``False``, ``"flip"``, ``"flip+scales"`` or ``dict(flips="hv", scales=[...])``.
@@ -211,7 +265,10 @@ class Segmenter:
         if isinstance(image, (list, tuple)):
             return [self(im, tile=tile, overlap=overlap, tta=tta, crf=crf, return_probs=return_probs,
                          batch_size=batch_size, blend=blend) for im in image]
-        rgb = to_rgb(image)
+        rgb = self.load_image(image)
+        if crf and self.raw:
+            raise ConfigError("crf compares the colours of neighbouring RGB pixels; this model reads stored "
+                              "pixel values (data.image_mode: raw): drop crf")
         x = self.preprocess(rgb)
         probs = predict_probs(self.model_fn, x, tta=tta, tile=tile if tile is not None else self.tile,
                               overlap=overlap, blend=blend, batch_size=batch_size,

@@ -61,6 +61,20 @@ def _public(value: Any) -> Any:
     return value
 
 
+def _input_card(segmenter: Segmenter | InstanceSegmenter) -> dict[str, Any]:
+    """The card's input conventions: 8-bit RGB, or the stored values of a raw-mode model."""
+    formats = ["PNG", "JPEG", "BMP", "TIFF", "WEBP"]
+    if getattr(segmenter, "raw", False):
+        prep = segmenter.preprocessing
+        return {"color": f"stored values, {segmenter.in_channels} channel(s) (data.image_mode: raw)",
+                "dtype": "any (uint8, uint16, int16, float32, ...)", "any_size": True,
+                "normalisation": {**prep.to_dict(), "description": prep.describe()},
+                "tile_hint": segmenter.tile, "formats": formats + ["NPY"]}
+    return {"color": "RGB (grey and RGBA are converted)", "dtype": "uint8", "any_size": True,
+            "normalisation": {"mean": segmenter.mean, "std": segmenter.std, "scale": "pixel / 255"},
+            "tile_hint": segmenter.tile, "formats": formats}
+
+
 def model_card(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits,
                budget: MemoryBudget | None = None) -> dict[str, Any]:
     """What a client needs to know: architecture, task, query options, classes and colours, input
@@ -74,9 +88,7 @@ def model_card(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits,
         "options": ["score_threshold", "output"] if task == "instance" else [*SEMANTIC_ONLY, "output"],
         "classes": [{"id": i, "name": n, "color": hex_color(segmenter.palette[i])}
                     for i, n in enumerate(segmenter.class_names)],
-        "input": {"color": "RGB (grey and RGBA are converted)", "dtype": "uint8", "any_size": True,
-                  "normalisation": {"mean": segmenter.mean, "std": segmenter.std, "scale": "pixel / 255"},
-                  "tile_hint": segmenter.tile, "formats": ["PNG", "JPEG", "BMP", "TIFF", "WEBP"]},
+        "input": _input_card(segmenter),
         "metrics": _public(segmenter.config.get("scores")),
         "limits": limits.as_dict(),
     }
@@ -252,7 +264,7 @@ def create_app(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits | N
         with gate.admit() as ticket:  # a place, or 503, before a byte of the body is read
             data = await read_upload(request.receive, request.headers, limits, deadline=deadline)
             t1 = time.perf_counter()
-            _, width, height = probe_upload(data, limits)
+            _, width, height = probe_upload(data, limits, raw=bool(getattr(segmenter, "raw", False)))
             if task == "semantic":
                 budget.check(height, width, tile=tile if tile is not None else segmenter.tile, overlap=overlap,
                              tta=tta, crf=crf)
@@ -261,7 +273,7 @@ def create_app(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits | N
 
             def work() -> tuple[np.ndarray, list[dict[str, Any]] | None, float]:
                 try:
-                    image = decode_upload(data, limits)
+                    image = decode_upload(data, limits, segmenter)
                     start = time.perf_counter()
                     result = runner(image, **call)
                     infer_ms = (time.perf_counter() - start) * 1000

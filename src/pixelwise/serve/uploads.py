@@ -26,6 +26,7 @@ __all__ = ["ServeLimits", "RequestError", "ALLOWED_FORMATS", "decode_upload", "p
 # PIL format names accepted from clients. GIF/ICO/PSD/EPS... are refused: not photos,
 # and each extra decoder is extra attack surface.
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+RAW_FORMATS = ("NPY",)  # also accepted by a model trained with data.image_mode: raw
 # Signatures of those formats, to tell "not an image" (415) from "a broken image" (400).
 _MAGIC = re.compile(rb"\x89PNG\r\n\x1a\n|\xff\xd8\xff|BM|II\*\x00|MM\x00\*|RIFF....WEBP", re.DOTALL)
 
@@ -105,8 +106,11 @@ def log_rejection(client: tuple[str, int] | None, method: str, path: str, status
     logging.getLogger("pixelwise.serve").warning("%s: %s %s -> %d %s: %s", who, method, path, status, code, message)
 
 
-def probe_upload(data: bytes, limits: ServeLimits) -> tuple[str, int, int]:
+def probe_upload(data: bytes, limits: ServeLimits, *, raw: bool = False) -> tuple[str, int, int]:
     """Check uploaded bytes from their header alone: ``(format, width, height)``.
+
+    ``raw``: the model reads stored values (``data.image_mode: raw``), so NumPy ``.npy`` arrays
+    and TIFFs of any channel count are accepted too.
 
     Nothing is decoded, so a tiny file claiming a huge size costs nothing. Raises
     :class:`RequestError`: 400 (empty, zero-size or damaged header), 413 (too many bytes or
@@ -117,6 +121,50 @@ def probe_upload(data: bytes, limits: ServeLimits) -> tuple[str, int, int]:
                                               "'image' or as the raw request body")
     if len(data) > limits.max_bytes:
         raise RequestError(413, "too_large", f"the upload has {len(data)} bytes; the limit is {limits.max_bytes}")
+    stored = _probe_stored(data) if raw else None
+    if stored is not None:
+        fmt, (width, height) = stored
+    else:
+        fmt, width, height = _probe_pil(data, limits)
+    if fmt not in ALLOWED_FORMATS + (RAW_FORMATS if raw else ()):
+        raise RequestError(415, "unsupported_type", f"{fmt} images are not accepted; send one of "
+                                                    f"{', '.join(ALLOWED_FORMATS + (RAW_FORMATS if raw else ()))}")
+    if width <= 0 or height <= 0:
+        raise RequestError(400, "empty_image", f"the image is {width}×{height} pixels; it has no pixels to segment")
+    if width * height > limits.max_pixels:
+        raise RequestError(413, "too_many_pixels", f"the image is {width}×{height} = {width * height} pixels; the "
+                                                   f"limit is {limits.max_pixels} (resize it, or raise --max-pixels)")
+    return fmt, width, height
+
+
+def _probe_stored(data: bytes) -> tuple[str, tuple[int, int]] | None:
+    """``(format, (width, height))`` of a NumPy array or a TIFF from its header (tifffile
+    parses tags, not pixels), for raw-mode models; None where it is neither."""
+    if data[:6] == b"\x93NUMPY":
+        try:
+            buffer = io.BytesIO(data)
+            version = np.lib.format.read_magic(buffer)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = header(buffer)[0]
+        except Exception as err:  # noqa: BLE001 - a damaged header
+            raise RequestError(400, "corrupt_image", f"the NumPy header cannot be read ({err})") from None
+        if len(shape) not in (2, 3):
+            raise RequestError(400, "corrupt_image", f"the NumPy array has shape {tuple(shape)}; an image is "
+                                                     f"(H, W) or (H, W, C)")
+        return "NPY", (int(shape[1]), int(shape[0]))
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                page = tif.pages[0]
+                return "TIFF", (int(page.imagewidth), int(page.imagelength))
+        except Exception:  # noqa: BLE001 - tifffile missing or the header is unusual: PIL decides
+            return None
+    return None
+
+
+def _probe_pil(data: bytes, limits: ServeLimits) -> tuple[str, int, int]:
     try:
         with Image.open(io.BytesIO(data)) as probe:  # parses the header only
             fmt, (width, height) = probe.format, probe.size
@@ -131,28 +179,27 @@ def probe_upload(data: bytes, limits: ServeLimits) -> tuple[str, int, int]:
     except Exception as err:  # a header so broken that PIL's parser itself fails
         raise RequestError(400, "corrupt_image", f"the image header cannot be read ({type(err).__name__}: {err})") \
             from None
-    if fmt not in ALLOWED_FORMATS:
-        raise RequestError(415, "unsupported_type", f"{fmt} images are not accepted; send one of "
-                                                    f"{', '.join(ALLOWED_FORMATS)}")
-    if width <= 0 or height <= 0:
-        raise RequestError(400, "empty_image", f"the image is {width}×{height} pixels; it has no pixels to segment")
-    if width * height > limits.max_pixels:
-        raise RequestError(413, "too_many_pixels", f"the image is {width}×{height} = {width * height} pixels; the "
-                                                   f"limit is {limits.max_pixels} (resize it, or raise --max-pixels)")
     return fmt, width, height
 
 
-def decode_upload(data: bytes, limits: ServeLimits) -> np.ndarray:
-    """Validate and decode uploaded image bytes. Returns ``(H, W, 3)`` uint8 RGB.
+def decode_upload(data: bytes, limits: ServeLimits, segmenter=None) -> np.ndarray:
+    """Validate and decode uploaded image bytes. Returns ``(H, W, 3)`` uint8 RGB, or for a
+    raw-mode ``segmenter`` the stored ``(H, W, C)`` values (its ``decode``).
 
     Raises :class:`RequestError` as :func:`probe_upload` does, and 400 for pixels that do not
     decode (truncated or corrupt data).
     """
-    _, width, height = probe_upload(data, limits)
+    raw = bool(getattr(segmenter, "raw", False))
+    _, width, height = probe_upload(data, limits, raw=raw)
     try:
-        image = decode_image(data, "upload")
+        image = segmenter.decode(data, "upload") if raw else decode_image(data, "upload")
     except DataError as err:
         raise RequestError(400, "corrupt_image", str(err)) from None
+    want = getattr(segmenter, "in_channels", None)
+    if raw and image.shape[2] != want:
+        raise RequestError(422, "channel_mismatch", f"the image has {image.shape[2]} channel(s) but this model was "
+                                                    f"trained on {want}-channel images (stored values, "
+                                                    f"data.image_mode: raw); send a {want}-channel TIFF or .npy")
     if image.shape[:2] != (height, width):  # a decoder disagreeing with the header is a broken file
         raise RequestError(400, "corrupt_image", f"the header says {width}×{height} but the pixels decode as "
                                                  f"{image.shape[1]}×{image.shape[0]}")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .. import config as config_mod
 from ..config import ExperimentCfg
 from ..data import EpochSeeded, build_dataset, class_names, pad_collate
+from ..data.intensity import Preprocess
 from ..errors import ConfigError
 from ..losses import build_loss
 from ..losses.gscnn_loss import dual_task_losses
@@ -115,7 +116,7 @@ def model_meta(cfg: ExperimentCfg) -> dict[str, Any]:
     """What a saved model needs besides its weights to turn images into masks."""
     return {"task": "semantic",
             "data": {"num_classes": cfg.data.num_classes, "class_names": class_names(cfg.data),
-                     "ignore_index": cfg.data.ignore_index, "mean": cfg.data.mean, "std": cfg.data.std,
+                     "ignore_index": cfg.data.ignore_index, **Preprocess.from_cfg(cfg.data).to_dict(),
                      "mode": semantic_mode(cfg)},
             "experiment": config_mod.to_dict(cfg)}
 

@@ -52,6 +52,8 @@ def write_run_report(run_dir: str | Path, cfg: ExperimentCfg, *, model_dir: str 
     model.eval()
     data = saved.get("data", {})
     mean, std = list(data.get("mean", cfg.data.mean)), list(data.get("std", cfg.data.std))
+    if data.get("image_mode", cfg.data.image_mode) == "raw":
+        mean = std = []  # stored-value scale: shown_image stretches each image to its own range
     names = class_names(cfg.data)
     val = build_dataset(cfg.data, split or cfg.data.val_split, train=False)
     loader = DataLoader(val, batch_size=cfg.data.batch_size, collate_fn=pad_collate)
