@@ -60,6 +60,10 @@ def _check_cfg(cfg: ExperimentCfg, device: torch.device) -> None:
         raise ConfigError(f"train.early_stop_patience must be >= 1 or null, got {t.early_stop_patience}")
 
 
+def _every(n: int, unit: str) -> str:
+    return f"every {unit}" if n == 1 else f"every {n} {unit}s"
+
+
 _PERCENT = {"miou": "mIoU", "pixel_accuracy": "pixel acc", "mean_dice": "mDice"}
 
 
@@ -158,6 +162,10 @@ def _train(cfg: ExperimentCfg, task: Task, env: dist_mod.DistEnv, stop: StopRequ
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
         tqdm.write(f"model: {cfg.model.name}, {params:,} parameters ({trainable:,} trainable); device "
                    f"{device}{threads}; precision {precision_note(device, t.amp)}")
+        val_when = _every(t.val_every_steps, "step") if t.val_every_steps else _every(t.val_every, "epoch")
+        save_when = _every(t.save_every_steps, "step") if t.save_every_steps else "every epoch"
+        tqdm.write(f"validation {val_when} and at step {total_steps}; last/ {save_when}, at step {total_steps} "
+                   f"and on Ctrl-C/SIGTERM")
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "epoch_step": 0, best_key: -1.0, "stale": 0, "due": False,
                              "history": []}
