@@ -216,3 +216,12 @@ def test_curves_put_validations_at_their_step(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording)
     plot_curves(tmp_path)
     assert lines[1] == ([3, 6], [0.2, 0.4])  # two validations in epoch 1, at steps 3 and 6
+
+
+def test_every_train_key_has_a_row_in_the_training_docs():
+    import dataclasses
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    missing = [f.name for f in dataclasses.fields(config.TrainCfg) if f"| `{f.name}` |" not in doc]
+    assert missing == [], f"docs/training.md has no row for train.{missing}"
