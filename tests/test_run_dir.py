@@ -81,6 +81,7 @@ def test_a_run_says_what_it_trains_on_and_how(tmp_path, capsys):
     assert "2 steps per epoch, 4 steps in 2 epoch(s)" in out
     assert "the last 4 image(s) of each epoch's order are left out" in out  # 20 = 2 x 8 + 4
     assert f"model: unet, {params:,} parameters" in out and "precision fp32 (amp: none)" in out
+    assert "validation every epoch and at step 4; last/ every epoch, at step 4 and on Ctrl-C/SIGTERM" in out
     assert "epoch 1/2" in captured.err and "4/4" in captured.err  # one bar over the whole run (stderr)
     assert "0/2" not in captured.err  # ... not one bar per epoch
 

@@ -96,6 +96,10 @@ class TrainCfg:
     channels_last: bool = False
     grad_clip: Union[float, None] = None
     val_every: int = 1
+    # Iteration-based schedules (mmseg's IterBasedRunner, Detectron2's eval_period /
+    # checkpoint_period): validate / write last/ every N optimiser steps instead of per epoch.
+    val_every_steps: Union[int, None] = None
+    save_every_steps: Union[int, None] = None
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
@@ -241,6 +245,10 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
     ("train.grad_clip", _positive, "a finite number > 0, or null for no clipping"),
     ("train.val_every", _positive_int, "an integer >= 1 (validate every N epochs)"),
+    ("train.val_every_steps", _positive_int, "an integer >= 1 (validate every N steps), or null to validate per "
+     "epoch (train.val_every)"),
+    ("train.save_every_steps", _positive_int, "an integer >= 1 (write last/ every N steps), or null to write it at "
+     "the end of every epoch"),
     ("train.log_every", _positive_int, "an integer >= 1 (log every N steps)"),
     ("train.max_steps", _positive_int, "an integer >= 1, or null to train for train.epochs"),
     ("train.accumulate", _positive_int, "an integer >= 1"),
@@ -274,6 +282,11 @@ def validate(cfg: ExperimentCfg) -> ExperimentCfg:
     if cfg.task not in TASK_CHOICES:
         raise ConfigError(f"config key 'task' must be one of {', '.join(TASK_CHOICES)}, got {cfg.task!r}; "
                           f"fix it in the YAML file or --set")
+    t = cfg.train
+    if t.val_every_steps is not None and t.val_every != 1:
+        raise ConfigError(f"config keys 'train.val_every' ({t.val_every}, epochs) and 'train.val_every_steps' "
+                          f"({t.val_every_steps}, steps) are both set; keep one: val_every_steps validates every N "
+                          f"optimiser steps, val_every every N epochs")
     d = cfg.data
     if d.multilabel and d.num_classes > 16:
         raise ConfigError(f"config key 'data.multilabel' packs classes as bits of a 16-bit mask, but data.num_classes "

@@ -3,8 +3,10 @@ top to bottom: processes, data, model, optimiser, schedule, then epochs of steps
 validation and checkpoints. What differs per task (model, datasets, the loss of a step and
 its named terms, evaluation, saved metadata) comes from the task object; everything else
 (DDP, accumulation, AMP, EMA, schedules, exact resume, Ctrl-C save, the NaN guard, logs
-and plots) is here, once. A killed run resumes from ``out_dir/last``; a run stopped by
-SIGINT/SIGTERM first saves the step it reached.
+and plots) is here, once. Validation and ``last/`` come per epoch (``val_every``) or every N
+steps (``val_every_steps``, ``save_every_steps``: iteration-based schedules), both through
+``after_step``. A killed run resumes from ``out_dir/last``, mid-epoch if it was saved there;
+a run stopped by SIGINT/SIGTERM first saves the step it reached.
 
 One step is one optimiser update over ``train.accumulate`` micro-batches of
 ``data.batch_size`` images on each of the ``world_size`` processes (``torchrun``).
@@ -58,6 +60,10 @@ def _check_cfg(cfg: ExperimentCfg, device: torch.device) -> None:
         raise ConfigError(f"train.early_stop_patience must be >= 1 or null, got {t.early_stop_patience}")
 
 
+def _every(n: int, unit: str) -> str:
+    return f"every {unit}" if n == 1 else f"every {n} {unit}s"
+
+
 _PERCENT = {"miou": "mIoU", "pixel_accuracy": "pixel acc", "mean_dice": "mDice"}
 
 
@@ -81,8 +87,9 @@ def train(cfg: ExperimentCfg, *, resume: bool = False, overwrite: bool = False, 
 
     Writes to ``cfg.train.out_dir`` (rank 0 only): ``config.yaml``, ``log.csv`` (per
     ``log_every`` steps: ``loss``, each named term as ``loss_<term>``, ``lr``, ``images_per_s``),
-    ``metrics.csv`` (per epoch; every row has every score column, empty between validations),
-    ``tensorboard/``, ``last/`` (resumable, every epoch and on SIGINT/SIGTERM), ``best/``
+    ``metrics.csv`` (per epoch, or per validation with ``val_every_steps``; every row has every
+    score column, empty between validations), ``tensorboard/``, ``last/`` (resumable: every epoch
+    or every ``save_every_steps`` steps, at the last step, and on SIGINT/SIGTERM), ``best/``
     (highest validation score) and,
     at the end, ``curves.png``, ``confusion.png``, ``class_iou.png``. With ``resume=True``
     every process continues from ``last/``, mid-epoch if that is where it stopped, and ends
@@ -155,13 +162,19 @@ def _train(cfg: ExperimentCfg, task: Task, env: dist_mod.DistEnv, stop: StopRequ
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
         tqdm.write(f"model: {cfg.model.name}, {params:,} parameters ({trainable:,} trainable); device "
                    f"{device}{threads}; precision {precision_note(device, t.amp)}")
+        val_when = _every(t.val_every_steps, "step") if t.val_every_steps else _every(t.val_every, "epoch")
+        save_when = _every(t.save_every_steps, "step") if t.save_every_steps else "every epoch"
+        tqdm.write(f"validation {val_when} and at step {total_steps}; last/ {save_when}, at step {total_steps} "
+                   f"and on Ctrl-C/SIGTERM")
 
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "epoch_step": 0, best_key: -1.0, "stale": 0, "history": []}
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "epoch_step": 0, best_key: -1.0, "stale": 0, "due": False,
+                             "history": []}
     if resume:
         if not (out / "last").exists() and not (out / ".last.old").exists():
             raise ConfigError(f"--resume: no checkpoint in {str(out / 'last')!r}; run without --resume to start")
         state, saved = load_train_state(out / "last", model=raw, optimizer=optimizer, scheduler=scheduler)
-        state = {"epoch_step": 0, "stale": 0, **state}  # keys older checkpoints lack
+        # Keys older checkpoints lack; their only mid-epoch saves were stops, before the step's epoch end.
+        state = {"epoch_step": 0, "stale": 0, "due": state.get("epoch_step", 0) > 0, **state}
         logger.resumed(state["step"])
     else:
         saved = {}
@@ -205,10 +218,67 @@ def _train(cfg: ExperimentCfg, task: Task, env: dist_mod.DistEnv, stop: StopRequ
     ddp = isinstance(model, nn.parallel.DistributedDataParallel) or isinstance(
         getattr(model, "_orig_mod", None), nn.parallel.DistributedDataParallel)
     cm = None
-    loss_value = float("nan")
+    loss_value = state.get("train_loss", float("nan"))
+
+    def after_step(epoch: int, done: int) -> bool:
+        """What is due after step ``step``, the ``done``-th of epoch ``epoch`` (0-based): validation
+        (every ``val_every_steps`` steps, or at the end of every ``val_every``-th epoch, and at the
+        last step), its ``metrics.csv`` row, ``best/``, early stop, and ``last/`` (every
+        ``save_every_steps`` steps, or at the end of every epoch, and at the last step). Mid-epoch
+        and epoch-end points run this one function; returns whether to stop early."""
+        nonlocal cm
+        final = step >= total_steps
+        epoch_end = done >= steps_per_epoch or final
+        if t.val_every_steps is not None:
+            validate = step % t.val_every_steps == 0 or final
+            row = validate  # an iteration-based run has a row per validation, not per (tiny) epoch
+        else:
+            validate = epoch_end and ((epoch + 1) % t.val_every == 0 or final)
+            row = epoch_end
+        if t.save_every_steps is not None:
+            save = step % t.save_every_steps == 0 or final
+        else:
+            save = epoch_end
+        stop_early = False
+        if row:
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": round(loss_value, 6)}
+            # Every row has every score column (empty between validations): metrics.csv keeps one header.
+            record.update(dict.fromkeys(task.score_columns))
+            if validate:
+                judged = ema.module if ema is not None else raw
+                result = task.evaluate(judged, val_loader, device=device, amp=t.amp, channels_last=t.channels_last,
+                                       progress=progress)
+                cm = result.confusion if result.confusion is not None else cm
+                record.update(result.scores)
+                if result.best > state[best_key]:
+                    state.update({best_key: result.best, "stale": 0})
+                    ensure_finite("before saving best/", step, epoch + 1)
+                    if env.is_main:
+                        save_model(judged, out / "best", {**meta, "scores": result.details, "step": step})
+                else:
+                    state["stale"] += 1
+                stop_early = t.early_stop_patience is not None and state["stale"] >= t.early_stop_patience
+            logger.metrics(record)
+            state["history"].append(record)
+            if progress:
+                tqdm.write(format_record(record))
+        # `epoch` counts finished epochs, `epoch_step` the steps taken in the next one (resume point).
+        position = (epoch + 1, 0) if epoch_end else (epoch, done)
+        state.update(step=step, epoch=position[0], epoch_step=position[1], stopped_early=stop_early, due=False,
+                     train_loss=loss_value)
+        if save or stop_early:
+            save_last()
+        if stop_early and progress:
+            tqdm.write(f"early stop: no better validation {best_key[5:]} for {state['stale']} validation(s)")
+        return stop_early
+
     # One bar for the whole run (with its ETA), not one per epoch: epochs can be 1-3 steps.
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
+    # A run stopped by a signal saved before that step's validation / checkpoint: do them now.
+    stop_early = after_step(state["epoch"], state["epoch_step"]) if state["due"] else False
     for epoch in range(state["epoch"], epochs):
+        if stop_early or step >= total_steps:
+            break
         first = state["epoch_step"] if epoch == state["epoch"] else 0  # steps this epoch already took
         # The order, the augmentations and worker seeds depend on (seed, epoch) only, so a
         # resumed run replays them; the batches before `first` are skipped unread.
@@ -219,7 +289,7 @@ def _train(cfg: ExperimentCfg, task: Task, env: dist_mod.DistEnv, stop: StopRequ
         model.train()
         batches = iter(train_loader)
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
-        seen, tic, interrupted = 0, time.perf_counter(), False
+        seen, tic = 0, time.perf_counter()
         for epoch_step in range(first, steps_per_epoch):
             if frozen and step >= t.freeze_encoder_steps:
                 frozen = False
@@ -277,46 +347,16 @@ def _train(cfg: ExperimentCfg, task: Task, env: dist_mod.DistEnv, stop: StopRequ
                     row[f"loss_{name}"] = round(dist_mod.mean_across(env, sum(values) / len(values)), 6)
                 logger.step({**row, "lr": lr, "images_per_s": round(speed, 2)})
             if dist_mod.any_across(env, stop.requested):
-                interrupted = True
+                # Save first (a scheduler's SIGTERM grace is short); a resume runs what was due here.
+                bar.close()
+                state.update(step=step, epoch=epoch, epoch_step=epoch_step + 1, due=True, train_loss=loss_value)
+                save_last()
+                raise TrainingInterrupted(f"{stop.signal_name or 'stop'} at step {step}; saved {str(out / 'last')!r}")
+            paused = time.perf_counter()
+            stop_early = after_step(epoch, epoch_step + 1)
+            tic += time.perf_counter() - paused  # images/s counts training time, not validation or saving
+            if stop_early or step >= total_steps:
                 break
-            if step >= total_steps:
-                break
-
-        if interrupted:
-            bar.close()
-            state.update(step=step, epoch=epoch, epoch_step=epoch_step + 1)
-            save_last()
-            raise TrainingInterrupted(f"{stop.signal_name or 'stop'} at step {step}; saved {str(out / 'last')!r}")
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": round(loss_value, 6)}
-        # Every row has every score column (empty between validations): metrics.csv keeps one header.
-        record.update(dict.fromkeys(task.score_columns))
-        stop_early = False
-        if (epoch + 1) % t.val_every == 0 or step >= total_steps:
-            judged = ema.module if ema is not None else raw
-            result = task.evaluate(judged, val_loader, device=device, amp=t.amp, channels_last=t.channels_last,
-                                   progress=progress)
-            cm = result.confusion if result.confusion is not None else cm
-            record.update(result.scores)
-            if result.best > state[best_key]:
-                state.update({best_key: result.best, "stale": 0})
-                ensure_finite("before saving best/", step, epoch + 1)
-                if env.is_main:
-                    save_model(judged, out / "best", {**meta, "scores": result.details, "step": step})
-            else:
-                state["stale"] += 1
-            stop_early = t.early_stop_patience is not None and state["stale"] >= t.early_stop_patience
-        logger.metrics(record)
-        state["history"].append(record)
-        state.update(step=step, epoch=epoch + 1, epoch_step=0, stopped_early=stop_early)
-        save_last()
-        if progress:
-            tqdm.write(format_record(record))
-        if stop_early:
-            if progress:
-                tqdm.write(f"early stop: no better validation {best_key[5:]} for {state['stale']} validation(s)")
-            break
-        if step >= total_steps:
-            break
     bar.close()
     if env.is_main:
         (out / "history.json").write_text(json.dumps(state["history"], indent=2))

@@ -19,7 +19,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def plot_curves(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
-    """Plot training loss (per logged step) and validation mIoU (per epoch) side by side."""
+    """Plot training loss (per logged step) and validation mIoU (per validation) against the step,
+    side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,8 +34,9 @@ def plot_curves(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
     ax1.plot([int(r["step"]) for r in log], [float(r["loss"]) for r in log], color="tab:blue")
     ax1.set(xlabel="step", ylabel="training loss", title="loss")
     ax1.grid(alpha=0.3)
-    ax2.plot([int(r["epoch"]) for r in metrics], [float(r["miou"]) for r in metrics], "o-", color="tab:green")
-    ax2.set(xlabel="epoch", ylabel="validation mIoU", title="mIoU", ylim=(0, 1))
+    # Against the step, as the loss: validations may come mid-epoch (train.val_every_steps).
+    ax2.plot([int(r["step"]) for r in metrics], [float(r["miou"]) for r in metrics], "o-", color="tab:green")
+    ax2.set(xlabel="step", ylabel="validation mIoU", title="mIoU", ylim=(0, 1))
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     tmp = out_png.with_name(f".{out_png.name}.tmp.png")

@@ -29,7 +29,8 @@ RUN_FILES = ("config.yaml", "last", "best", ".last.old", "log.csv", "metrics.csv
 # reports and where it runs, not what the restored state means. A longer or shorter schedule
 # is recomputed for the new total (the learning rate follows the new curve from this step).
 CHANGEABLE_ON_RESUME = frozenset({
-    "train.epochs", "train.max_steps", "train.log_every", "train.val_every", "train.early_stop_patience",
+    "train.epochs", "train.max_steps", "train.log_every", "train.val_every", "train.val_every_steps",
+    "train.save_every_steps", "train.early_stop_patience",
     "train.device", "train.tensorboard", "train.plots", "data.num_workers",
 })
 
