@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,16 +136,6 @@ class Preprocess:
         """:meth:`read` for encoded bytes (uploads)."""
         return decode_raw_image(data, name) if self.raw else decode_image(data, name)
 
-    def check_channels(self, image: np.ndarray, name: str = "image") -> None:
-        """Refuse an image whose channel count the model cannot take, naming it and the fix."""
-        want = self.channels
-        got = image.shape[2] if image.ndim == 3 else 1
-        if want is not None and got != want:
-            how = (f"data.mean/data.std have {want} values (one per channel)" if self.raw
-                   else "RGB reading makes 3 channels")
-            raise DataError(f"{name} has {got} channel(s) but {how}; give every image the same channels, or "
-                            f"measure the statistics again with pixelwise check")
-
     def array(self, image: np.ndarray) -> np.ndarray:
         """Normalise an ``(H, W, C)`` image (as :meth:`read` returns it) to float32 ``(H, W, C)``."""
         x = np.asarray(image)
@@ -198,8 +187,3 @@ class Preprocess:
             steps.append("then each channel of each image to 0..1 (min-max)")
         return ", ".join(steps) + "."
 
-
-def stats_lines(mean: Sequence[float], std: Sequence[float]) -> str:
-    """The two YAML lines ``pixelwise check`` prints for data.mean / data.std."""
-    return (f"data.mean: [{', '.join(f'{v:.6g}' for v in mean)}]\n"
-            f"data.std: [{', '.join(f'{v:.6g}' for v in std)}]")

@@ -126,7 +126,7 @@ def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
 # Channels-last is assumed up to this many channels; an array whose last axis is larger and whose
 # first axis is not is almost certainly channels-first (C, H, W).
 _MAX_CHANNELS = 64
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def _hwc(array: np.ndarray, path: Path, axes: str | None = None) -> np.ndarray:
@@ -202,7 +202,7 @@ def decode_raw_image(data: bytes, path: str | os.PathLike = "<uploaded bytes>") 
         array = _hwc(_decode_npy(data, path), path)
     else:
         check_pixels(data, path, "image")
-        array = _decode_tiff(data, path) if data[:4] in _TIFF_MAGIC else None
+        array = _decode_tiff(data, path) if data[:4] in TIFF_MAGIC else None
         if array is None:
             array = _decode_encoded(data, path)
     if array.dtype.kind == "f":

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 
-from ..data.io import decode_image
+from ..data.io import TIFF_MAGIC, decode_image
 from ..errors import ConfigError, DataError
 
 __all__ = ["ServeLimits", "RequestError", "ALLOWED_FORMATS", "decode_upload", "probe_upload", "log_rejection"]
@@ -152,7 +152,7 @@ def _probe_stored(data: bytes) -> tuple[str, tuple[int, int]] | None:
             raise RequestError(400, "corrupt_image", f"the NumPy array has shape {tuple(shape)}; an image is "
                                                      f"(H, W) or (H, W, C)")
         return "NPY", (int(shape[1]), int(shape[0]))
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if data[:4] in TIFF_MAGIC:
         try:
             import tifffile
 
