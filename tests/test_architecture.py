@@ -14,7 +14,7 @@ PACKAGE = SRC / "pixelwise"
 
 # Lowest first. A module may import from its own floor or below.
 FLOORS: list[tuple[str, ...]] = [
-    ("errors", "registry", "optional", "config", "runtime", "bf16_guard"),
+    ("errors", "registry", "optional", "config", "runtime", "bf16_guard", "remote"),
     ("layers", "encoders", "models", "losses", "metrics", "data", "postprocess", "compat", "hub"),
     ("tasks", "convert"),
     ("train", "infer"),

@@ -1,4 +1,7 @@
-"""Command line: ``pixelwise train|eval|predict|check|export|models|demo``."""
+"""Command line: ``pixelwise train|eval|predict|check|serve|annotate|export|convert|push|models|demo``.
+
+Every verb that takes a model folder also takes a Hub source ``hf://ORG/NAME[/FOLDER][@REVISION]``
+(:mod:`pixelwise.remote`: the local cache first, the Hub only for what it lacks)."""
 
 from __future__ import annotations
 
@@ -255,6 +258,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .remote import push
+
+    url = push(args.checkpoint, args.repo_id, private=args.private or None, revision=args.revision,
+               commit_message=args.message)
+    print(f"pushed {args.checkpoint} to {url}; load it with pixelwise predict hf://{args.repo_id} IMAGES")
+    return 0
+
+
 def _instance_export(args: argparse.Namespace) -> int:
     """``pixelwise export`` for Mask R-CNN: ONNX of the inference graph at one image size, checked in ONNX Runtime."""
     from .export.instance import export_instance_onnx
@@ -316,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="segment images with a saved model")
-    p.add_argument("checkpoint", help="model folder (config.json + model.safetensors)")
+    p.add_argument("checkpoint", help="model folder (config.json + model.safetensors) or hf://ORG/NAME")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu")
@@ -408,11 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a checkpoint trained elsewhere into a pixelwise model folder")
     p.add_argument("src", help="the peer's checkpoint (torchvision, mmseg: a .pth state dict; smp, hf: "
-                                      "a save_pretrained folder)")
+                                      "a save_pretrained folder); or on the Hub: hf://ORG/NAME[/FILE.pth]")
     p.add_argument("--from", dest="source", required=True, choices=["torchvision", "smp", "hf", "mmseg"],
                    help="where the checkpoint comes from")
     p.add_argument("--out", required=True, help="model folder to write")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("push", help="upload a model folder to a Hugging Face Hub repository (hf://ORG/NAME)")
+    p.add_argument("checkpoint", help="model folder (config.json + model.safetensors)")
+    p.add_argument("repo_id", help="ORG/NAME of the Hub model repository (created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="branch to push to (default: the repository's default branch)")
+    p.add_argument("--message", help="commit message")
+    p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("separate", help="split a WAV file into source + residual with a saved audio separator")
     p.add_argument("checkpoint", help="separator folder (config.json + model.safetensors, from save_separator)")
@@ -428,9 +448,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _localise(args: argparse.Namespace) -> None:
+    """Turn an ``hf://`` model argument into its folder in the local Hub cache (fetched if missing)."""
+    from .remote import fetch, is_remote
+
+    for name in ("checkpoint", "model"):
+        source = getattr(args, name, None)
+        if is_remote(source):
+            if args.command == "export" and not args.out:
+                raise PixelwiseError(f"exporting {source}: give --out FILE (the default, beside the weights, "
+                                     f"is inside the Hub cache)")
+            setattr(args, name, str(fetch(source)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _localise(args)
         return args.func(args)
     except (PixelwiseError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -39,6 +39,7 @@ from .errors import ConfigError
 from .models import MODELS, create_model
 from .models.maskrcnn import create_instance_model  # also fills registry.INSTANCE_MODELS
 from .registry import INSTANCE_MODELS
+from .remote import fetch, is_remote
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -74,7 +75,12 @@ def atomic_dir(folder: str | Path) -> Iterator[Path]:
 
 
 def resolve(folder: str | Path) -> Path:
-    """The complete copy of ``folder``: itself, or the previous one if a swap was interrupted."""
+    """The complete copy of ``folder``: itself, or the previous one if a swap was interrupted.
+
+    A Hub source ``hf://ORG/NAME[/FOLDER][@REVISION]`` resolves to its snapshot in the local
+    huggingface_hub cache, downloaded first only when the cache lacks it (:func:`pixelwise.remote.fetch`)."""
+    if is_remote(folder):
+        return fetch(folder)
     folder = Path(folder)
     if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
         return folder
@@ -199,7 +205,17 @@ def write_card(folder: str | Path, model_cfg: dict[str, Any], meta: dict[str, An
     provenance = (meta.get("card") or {}).get("provenance")
     origin = (f"\n## Provenance\n\nInitial weights (not needed to load this folder): "
               f"`{json.dumps(provenance)}`\n") if provenance else ""
-    text = f"""# {model_cfg.get("name", "pixelwise model")} segmentation model
+    name = str(model_cfg.get("name", "pixelwise model"))
+    task = str((meta.get("card") or {}).get("task") or meta.get("task") or "semantic")
+    # YAML front matter: the Hugging Face Hub reads it to list the model under its library and task.
+    tags = ", ".join(dict.fromkeys(["pixelwise", f"{task}-segmentation", name]))
+    text = f"""---
+library_name: pixelwise
+pipeline_tag: image-segmentation
+tags: [{tags}]
+---
+
+# {name} segmentation model
 
 A pixelwise model folder: `config.json` (architecture and preprocessing)
 and `model.safetensors` (weights). Loads with no network access and no pickle.
@@ -209,7 +225,7 @@ and `model.safetensors` (weights). Loads with no network access and no pickle.
 ```python
 from pixelwise import Segmenter
 
-seg = Segmenter.from_pretrained("path/to/this/folder")
+seg = Segmenter.from_pretrained("path/to/this/folder")  # or "hf://ORG/NAME" on the Hub
 result = seg("image.png", tile={meta.get("tile") or 512}, tta="flip")
 print(result.areas())
 ```

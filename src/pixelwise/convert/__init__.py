@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..encoders import load_state_file
 from ..errors import ConfigError
+from ..remote import HubSource, fetch, is_remote, parse
 from . import hf, mmseg, smp
 from . import torchvision as tv
 from .keymap import load_into
@@ -112,15 +113,35 @@ def _read_smp(src: Path) -> tuple[dict, dict[str, Tensor]]:
     return config, load_state_file(src / "model.safetensors")
 
 
+# A peer's folder on the Hub: what its config and weights are (pytorch_model.bin is a pickle: not fetched).
+PEER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+
+
+def _fetch(src: str, source: str) -> Path:
+    """The local copy of a Hub source: the folder (hf, smp) or the one file (torchvision, mmseg) it names."""
+    if source in ("hf", "smp"):
+        return fetch(src, files=PEER_FILES, required=("config.json", "model.safetensors"))
+    ref = parse(src)
+    folder, _, name = ref.subfolder.rpartition("/")
+    if not name:
+        raise ConfigError(f"--from {source} reads one checkpoint file; name it in the source: "
+                          f"hf://{ref.repo_id}/PATH/TO/FILE.pth")
+    return fetch(str(HubSource(ref.repo_id, folder, ref.revision)), files=(name,), required=(name,)) / name
+
+
 def convert(src: str | Path, *, source: str, out: str | Path) -> Path:
     """Convert the checkpoint at ``src`` (see the module docstring) and write a model folder at ``out``.
+
+    ``src`` may be a Hub source: ``hf://ORG/NAME`` for a transformers or smp folder,
+    ``hf://ORG/NAME/FILE.pth`` for a torchvision or MMSegmentation file (:mod:`pixelwise.remote`).
 
     The folder's ``data`` section (classes, normalisation) comes from the peer's files where
     they say it (transformers' ``id2label`` and ``preprocessor_config.json``), else ImageNet's.
     """
     from ..hub import save_model
 
-    src = Path(src)
+    origin = str(src)
+    src = _fetch(src, source) if is_remote(src) else Path(src)
     if source == "hf":
         config, state = _read_hf(src)
     elif source in ("torchvision", "mmseg"):
@@ -132,4 +153,4 @@ def convert(src: str | Path, *, source: str, out: str | Path) -> Path:
     model = convert_state(source, state, config)
     num_classes = int(model.config["num_classes"])
     data = _hf_data(src, config, num_classes) if source == "hf" else data_section(num_classes)
-    return save_model(model, out, {"data": data, "converted_from": {"source": source, "path": str(src)}})
+    return save_model(model, out, {"data": data, "converted_from": {"source": source, "path": origin}})

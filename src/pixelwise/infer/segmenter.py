@@ -31,6 +31,7 @@ from ..errors import ConfigError, DataError
 from ..hub import load_model, resolve, save_model, split_provenance, write_card
 from ..postprocess.decision import activation, check_mode, labels_from_probs
 from ..registry import BACKENDS, lookup
+from ..remote import push
 from .runtime import model_function, normalize
 from .tta import TTA, predict_probs
 
@@ -146,6 +147,10 @@ class Segmenter:
                         channels_last: bool = False, backend: str = "torch") -> Segmenter:
         """Load a saved model folder (``config.json`` + ``model.safetensors``).
 
+        ``folder`` may be a Hub source, ``"hf://ORG/NAME[/FOLDER][@REVISION]"``: it is read from the
+        local huggingface_hub cache, and downloaded first only when the cache lacks it (never with
+        ``HF_HUB_OFFLINE=1``); see :mod:`pixelwise.remote`.
+
         ``backend="onnxruntime"`` runs the network with ONNX Runtime (CPU) instead of
         PyTorch, exporting ``model.onnx`` into the folder first if it is not there.
         ``backend="onnxruntime-int8"`` runs ``model.int8.onnx``, which
@@ -173,8 +178,18 @@ class Segmenter:
                    tile=config.get("tile"), device=device, amp=amp, channels_last=channels_last, config=meta,
                    model_fn=model_fn, mode=mode, preprocessing=Preprocess.from_dict(data))
 
-    def save_pretrained(self, folder: str | os.PathLike, *, model_card: bool = True) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (and a ``README.md`` model card) to ``folder``."""
+    def save_pretrained(self, folder: str | os.PathLike, *, model_card: bool = True, push_to_hub: bool = False,
+                        repo_id: str | None = None, private: bool | None = None, token: str | None = None,
+                        commit_message: str | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (and a ``README.md`` model card) to ``folder``.
+
+        ``push_to_hub=True`` then uploads the folder to the Hugging Face Hub repository ``repo_id``
+        (``"ORG/NAME"``, created when missing; ``private``, ``token`` and ``commit_message`` go to
+        huggingface_hub), from where ``Segmenter.from_pretrained("hf://ORG/NAME")`` loads it
+        (:mod:`pixelwise.remote`). The local folder is written first, so a failed upload loses nothing.
+        """
+        if push_to_hub and not repo_id:
+            raise ConfigError("push_to_hub=True needs repo_id='ORG/NAME', the Hub repository to upload to")
         meta = dict(self.config)
         meta["data"] = {**meta.get("data", {}), "num_classes": self.num_outputs,
                         "class_names": self.class_names, **self.preprocessing.to_dict(), "mode": self.mode}
@@ -189,6 +204,8 @@ class Segmenter:
             self.model.to(memory_format=torch.channels_last)
         if model_card:
             write_card(folder, split_provenance(getattr(model, "config", {}))[0], meta)
+        if push_to_hub:
+            push(folder, repo_id, private=private, token=token, commit_message=commit_message)
         return Path(folder)
 
     @property
