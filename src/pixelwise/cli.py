@@ -131,8 +131,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     result = predict_paths(args.checkpoint, args.inputs, args.out, device=args.device, amp=args.amp,
                            channels_last=args.channels_last, tile=args.tile, overlap=args.overlap, tta=tta,
                            crf=args.crf, batch_size=args.batch_size, formats=args.format, backend=args.backend,
-                           progress=not args.quiet)
-    print(f"wrote {len(result['written'])} prediction(s) to {args.out}"
+                           progress=not args.quiet, resume=not args.redo)
+    rank = f"rank {result['rank']}/{result['world_size']}: " if result["world_size"] > 1 else ""
+    print(f"{rank}wrote {len(result['written'])} prediction(s) to {args.out}"
+          + (f"; kept {len(result['resumed'])} finished earlier" if result["resumed"] else "")
           + (f"; skipped {len(result['failed'])} unreadable file(s)" if result["failed"] else ""))
     return 1 if result["failed"] and not result["written"] else 0
 
@@ -344,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default=FORMAT_DEFAULT,
                    help="comma-separated outputs: png,color,overlay,coco-rle,csv-rle (default png,color,overlay)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "onnxruntime-int8"])
+    p.add_argument("--redo", action="store_true",
+                   help="predict every image again (default: keep images an earlier run into --out finished with "
+                        "the same model and settings)")
     common(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -5,13 +5,23 @@ channels_last; :func:`~pixelwise.infer.sliding.sliding_window` and
 :func:`~pixelwise.infer.tta.predict_probs` do tiling and test-time augmentation;
 :class:`pixelwise.Segmenter` holds a saved model with its preprocessing; :func:`predict_paths`
 is ``pixelwise predict``: files and folders in, one set of output files per image out.
+
+Under ``torchrun`` (any number of processes and nodes, an output folder every node can see)
+each rank predicts its shard of the inputs (``paths[rank::world_size]``) and rank 0 merges the
+run-wide files, so the outputs are the files one process writes. Every finished image leaves a
+record in ``OUT/.pixelwise-predict/``; a second run into the same folder with the same model and
+settings skips the finished images (an interrupted run resumes), while a different model or
+setting predicts everything again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import io
 import json
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +33,14 @@ from ..data.folder import IMAGE_SUFFIXES, RAW_IMAGE_SUFFIXES
 from ..data.io import _atomic_write, write_image, write_mask
 from ..data.rle import coco_rle, rle_encode
 from ..errors import ConfigError, DataError
+from ..hub import CONFIG, WEIGHTS, resolve
+from ..train.distributed import DistEnv, barrier, cleanup, setup
 from .tta import TTA
 
 FORMATS = ("png", "color", "overlay", "coco-rle", "csv-rle")
 COCO_FILE, CSV_FILE = "predictions_coco.json", "predictions_rle.csv"
+STATE_DIR, RUN_FILE = ".pixelwise-predict", "run.json"  # per-image records (resume, merging) and the settings
+PER_IMAGE = {"png": "{}.png", "color": "{}_color.png", "overlay": "{}_overlay.png"}
 
 
 def expand_inputs(inputs: Iterable[str | Path], suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
@@ -90,7 +104,7 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
                   device: str = "cpu", amp: str = "none", channels_last: bool = False, tile: int | None = None,
                   overlap: float = 0.25, tta: bool | str | dict | TTA | None = None, crf: bool = False,
                   batch_size: int = 4, formats: str | Sequence[str] = ("png", "color", "overlay"),
-                  backend: str = "torch", progress: bool = True) -> dict[str, Any]:
+                  backend: str = "torch", progress: bool = True, resume: bool = True) -> dict[str, Any]:
     """Segment image files/folders with a saved model. Per image ``NAME`` it writes, by format:
 
     - ``png``: ``NAME.png``, palette PNG whose pixel values are the class indices;
@@ -98,37 +112,125 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
     - ``coco-rle``: records in ``predictions_coco.json`` (see :func:`coco_rle_entries`);
     - ``csv-rle``: rows in ``predictions_rle.csv`` (see :func:`csv_rle_rows`).
 
-    A file that cannot be read is reported and skipped; outputs already written stay (the CSV
-    is flushed row by row, the COCO JSON is written even if the run is interrupted).
-    Returns ``{"written": [names], "failed": [(path, reason)], "files": [summary files]}``.
+    A file that cannot be read is reported and skipped. Images finished by an earlier run into
+    ``out_dir`` with the same model and settings are skipped (``resume=False`` predicts them
+    again); the run-wide files are written at the end and on an interrupt, from every finished
+    image. Under ``torchrun`` each process takes its shard (see the module docstring).
+
+    Returns ``{"written": [names], "failed": [(path, reason)], "files": [summary files],
+    "resumed": [names skipped as finished], "rank": r, "world_size": w}`` for this process's shard.
     """
+    env = setup(device if device.startswith("cuda") else "cpu")
+    try:
+        return _predict(env, model_dir, inputs, Path(out_dir), device=device, amp=amp, channels_last=channels_last,
+                        tile=tile, overlap=overlap, tta=tta, crf=crf, batch_size=batch_size,
+                        formats=parse_formats(formats), backend=backend, progress=progress, resume=resume)
+    finally:
+        cleanup(env)
+
+
+def _signature(model_dir: str | Path, **settings: Any) -> dict[str, Any]:
+    """What decides an image's prediction: the model's files (hashed) and the settings."""
+    folder = resolve(model_dir)
+    digest = hashlib.sha256()
+    for name in (CONFIG, WEIGHTS):
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return {"model": digest.hexdigest(), **{k: repr(v) for k, v in sorted(settings.items())}}
+
+
+def _start(state: Path, signature: dict[str, Any], *, resume: bool) -> int:
+    """Keep the records of an earlier run with this signature (when resuming), else clear them;
+    returns how many are kept."""
+    run = state / RUN_FILE
+    old = json.loads(run.read_text()) if run.is_file() else None
+    records = [p for p in state.glob("*.json") if p.name != RUN_FILE] if state.is_dir() else []
+    if resume and old == signature:
+        return len(records)
+    if records:
+        why = "--redo was given" if not resume else "the model or the settings differ from the earlier run"
+        tqdm.write(f"{state.parent}: {why}; predicting every image again")
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    _atomic_write(run, json.dumps(signature, indent=1).encode())
+    return 0
+
+
+def _record_path(state: Path, path: Path) -> Path:
+    return state / f"{path.name}.json"
+
+
+def _finished(state: Path, out: Path, path: Path, formats: tuple[str, ...]) -> bool:
+    record = _record_path(state, path)
+    if not record.is_file():
+        return False
+    try:
+        data = json.loads(record.read_text())
+    except ValueError:
+        return False
+    return (data.get("source") == str(path) and set(formats) <= set(data.get("formats", ()))
+            and all((out / PER_IMAGE[f].format(path.stem)).is_file() for f in formats if f in PER_IMAGE))
+
+
+def _merge(state: Path, out: Path, paths: list[Path], formats: tuple[str, ...]) -> tuple[list[str], int]:
+    """Write the run-wide files from the per-image records, in input order; returns
+    ``(files written, images without a record)``."""
+    coco: list[dict[str, Any]] = []
+    rows: list[list[str]] = [["ImageId", "ClassId", "EncodedPixels"]]
+    missing = 0
+    for index, path in enumerate(paths):
+        record = _record_path(state, path)
+        if not record.is_file():
+            missing += 1
+            continue
+        data = json.loads(record.read_text())
+        coco += [{**entry, "image_id": index} for entry in data.get("coco", [])]
+        rows += data.get("csv", [])
+    files = []
+    if "coco-rle" in formats:
+        _atomic_write(out / COCO_FILE, json.dumps(coco).encode())
+        files.append(str(out / COCO_FILE))
+    if "csv-rle" in formats:
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(rows)
+        _atomic_write(out / CSV_FILE, text.getvalue().encode())
+        files.append(str(out / CSV_FILE))
+    return files, missing
+
+
+def _predict(env: DistEnv, model_dir: str | Path, inputs: Iterable[str | Path], out: Path, *, device: str,
+             amp: str, channels_last: bool, tile: int | None, overlap: float, tta: Any, crf: bool, batch_size: int,
+             formats: tuple[str, ...], backend: str, progress: bool, resume: bool) -> dict[str, Any]:
     from .segmenter import Segmenter
 
-    formats = parse_formats(formats)
-    seg = Segmenter.from_pretrained(model_dir, device=device, amp=amp, channels_last=channels_last, backend=backend)
+    seg = Segmenter.from_pretrained(model_dir, device=str(env.device) if env.distributed else device, amp=amp,
+                                    channels_last=channels_last, backend=backend)
     if seg.mode == "multilabel" and {"coco-rle", "csv-rle"} & set(formats):
         raise ConfigError(f"{str(model_dir)!r} is a multilabel model (overlapping classes, bit-packed label PNGs); "
                           f"the coco-rle and csv-rle outputs hold one class per pixel: use png, color, overlay")
     ignore_index = int(seg.config.get("data", {}).get("ignore_index", 255))
     paths = expand_inputs(inputs, RAW_IMAGE_SUFFIXES if seg.raw else IMAGE_SUFFIXES)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    state = out / STATE_DIR
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        signature = _signature(model_dir, amp=amp, backend=backend, tile=tile, overlap=overlap, tta=tta, crf=crf)
+        if _start(state, signature, resume=resume) and progress:
+            tqdm.write(f"{out}: resuming; images finished by the earlier run with this model and settings are kept")
+    barrier(env)  # the records are settled before any rank reads them
+    shard = list(enumerate(paths))[env.rank::env.world_size]
     written: list[str] = []
+    resumed: list[str] = []
     failed: list[tuple[str, str]] = []
-    coco: list[dict[str, Any]] = []
+    summary = bool({"coco-rle", "csv-rle"} & set(formats))
     files: list[str] = []
     with contextlib.ExitStack() as stack:
-        csv_writer = None
-        if "csv-rle" in formats:
-            csv_handle = stack.enter_context(open(out / CSV_FILE, "w", newline=""))
-            csv_writer = csv.writer(csv_handle)
-            csv_writer.writerow(["ImageId", "ClassId", "EncodedPixels"])
-            files.append(str(out / CSV_FILE))
-        if "coco-rle" in formats:
-            # Registered callbacks run on every exit, an interrupt included: finished images are kept.
-            stack.callback(lambda: _atomic_write(out / COCO_FILE, json.dumps(coco).encode()))
-            files.append(str(out / COCO_FILE))
-        for index, path in enumerate(tqdm(paths, desc="predict", disable=not progress)):
+        if summary and not env.distributed:  # on every exit, an interrupt included: finished images are kept
+            stack.callback(lambda: files.extend(_merge(state, out, paths, formats)[0]))
+        for index, path in tqdm(shard, desc="predict", disable=not progress or not env.is_main):
+            if resume and _finished(state, out, path, formats):
+                resumed.append(path.stem)
+                continue
             try:
                 image = seg.load_image(path)
             except DataError as err:
@@ -138,17 +240,26 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
             result = seg(image, tile=tile, overlap=overlap, tta=tta, crf=crf, batch_size=batch_size,
                          return_probs="coco-rle" in formats)
             if "png" in formats:
-                write_mask(out / f"{path.stem}.png", result.labels, seg.palette)
+                write_mask(out / PER_IMAGE["png"].format(path.stem), result.labels, seg.palette)
             if "color" in formats:
-                write_image(out / f"{path.stem}_color.png", result.colorize())
+                write_image(out / PER_IMAGE["color"].format(path.stem), result.colorize())
             if "overlay" in formats:
-                write_image(out / f"{path.stem}_overlay.png", result.overlay(seg.display(image)))
+                write_image(out / PER_IMAGE["overlay"].format(path.stem), result.overlay(seg.display(image)))
+            record = {"source": str(path), "formats": list(formats), "coco": [], "csv": []}
             if "coco-rle" in formats:
-                coco += coco_rle_entries(result.labels, result.probs, image_id=index, file_name=path.name,
-                                         class_names=seg.class_names, ignore_index=ignore_index)
-            if csv_writer is not None:
-                csv_writer.writerows(csv_rle_rows(result.labels, image_name=path.name,
-                                                  num_classes=len(seg.class_names), ignore_index=ignore_index))
-                csv_handle.flush()
+                record["coco"] = coco_rle_entries(result.labels, result.probs, image_id=index, file_name=path.name,
+                                                  class_names=seg.class_names, ignore_index=ignore_index)
+            if "csv-rle" in formats:
+                record["csv"] = csv_rle_rows(result.labels, image_name=path.name, num_classes=len(seg.class_names),
+                                             ignore_index=ignore_index)
+            _atomic_write(_record_path(state, path), json.dumps(record).encode())  # last: the image is finished
             written.append(path.stem)
-    return {"written": written, "failed": failed, "files": files}
+    if env.distributed:
+        barrier(env)
+        if env.is_main and summary:
+            files, missing = _merge(state, out, paths, formats)
+            if missing:
+                tqdm.write(f"{missing} of {len(paths)} images have no prediction in {out} (unreadable, or the "
+                           f"folder is not shared by every node); their lines are missing from {', '.join(files)}")
+    return {"written": written, "failed": failed, "files": files, "resumed": resumed, "rank": env.rank,
+            "world_size": env.world_size}
