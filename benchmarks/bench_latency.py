@@ -20,6 +20,10 @@ each per round, after warm-up rounds) so that machine noise hits all alike:
   calibrated on 4 uniform-noise RGB images of the input size (the weights are random too, so
   there is nothing more typical to calibrate on; docs/export.md has the agreement of a trained
   model). ``--no-int8`` leaves it out. No int8 peak is measured: its "of peak" column is empty;
+- ``pixelwise OpenVINO fp32`` / ``bf16`` / ``int8`` (CPU, when openvino is installed): the same
+  ONNX file compiled by OpenVINO's CPU plugin (``OpenVinoModel``, inference precision set
+  explicitly; bf16 only where OpenVINO reports native bf16), and an int8 IR from
+  ``quantize_openvino`` (NNCF) on the same noise calibration images. ``--no-openvino`` leaves them out;
 - the peer's eager fp32 model, the baseline of every ratio.
 
 Reported per model and input: median ms, speed-up over the peer, GFLOP/s (FLOPs from
@@ -104,6 +108,41 @@ def int8_runner(fp32_file: Path, side: int, threads: int):
     return OnnxRuntimeModel(target, threads=threads), time.perf_counter() - tic
 
 
+def openvino_runners(fp32_file: Path, side: int, threads: int, *, int8: bool) -> dict:
+    """OpenVINO contenders for the ONNX file: ``{name: (runner, precision, seconds to prepare)}``."""
+    import numpy as np
+
+    from pixelwise.export.openvino import OpenVinoModel, cpu_has_bf16, quantize_openvino
+
+    out = {}
+    tic = time.perf_counter()
+    out["pixelwise OpenVINO fp32"] = (OpenVinoModel(fp32_file, threads=threads), torch.float32,
+                                      time.perf_counter() - tic)
+    if cpu_has_bf16():
+        tic = time.perf_counter()
+        out["pixelwise OpenVINO bf16"] = (OpenVinoModel(fp32_file, precision="bf16", threads=threads), torch.bfloat16,
+                                          time.perf_counter() - tic)
+    if int8:
+        tic = time.perf_counter()
+        rng = np.random.default_rng(0)
+        calibration = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(4)]
+        target = fp32_file.with_name(fp32_file.stem + ".ov-int8.xml")
+        quantize_openvino(fp32_file, target, calibration, max_side=None, min_agreement=0.0, verbose=False)
+        out["pixelwise OpenVINO int8"] = (OpenVinoModel(target, files=(target.name,), threads=threads), torch.int8,
+                                          time.perf_counter() - tic)
+    return out
+
+
+def openvino_missing() -> str | None:
+    """``None`` if OpenVINO (and NNCF for int8) can be imported, else why not."""
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as err:
+        return f"openvino/nncf not installed ({err})"
+    return None
+
+
 def reuse_or_export(runners: dict, model: torch.nn.Module, x: torch.Tensor, folder: Path,
                     device: torch.device) -> dict:
     """An ONNX Runtime runner for ``x``'s size: a graph exported at another size if it gives the
@@ -183,6 +222,15 @@ def bench_model(key: str, sizes, args, device: torch.device, dtype: torch.dtype,
                     int8[fp32_file] = int8_runner(fp32_file, side, torch.get_num_threads())
                     print(f"  {key} {side}px: int8 quantisation {int8[fp32_file][1]:.0f} s", flush=True)
                 contenders["pixelwise ONNX Runtime int8"] = (int8[fp32_file][0], torch.int8)
+            if use_ort and args.openvino and "pixelwise ONNX Runtime fp32" in contenders:
+                fp32_file = runners[side]["runner"].path
+                key_ov = ("ov", fp32_file)
+                if key_ov not in int8:
+                    int8[key_ov] = openvino_runners(fp32_file, side, torch.get_num_threads(), int8=not args.no_int8)
+                    print(f"  {key} {side}px: OpenVINO compile/quantise " + ", ".join(
+                        f"{n.split()[-1]} {v[2]:.0f} s" for n, v in int8[key_ov].items()), flush=True)
+                for name, (runner, precision, _) in int8[key_ov].items():
+                    contenders[name] = (runner, precision)
         contenders[peer_name] = (eager(peer), torch.float32)
         with torch.no_grad():
             flops = {"pixelwise": count_flops(ours, x), "peer": count_flops(peer, x)}
@@ -238,7 +286,7 @@ def markdown(result: dict) -> list[str]:
              f"{result['benchmark']}; median of {result['rounds']} interleaved rounds after {result['warmup']} "
              f"warm-up round(s).", "",
              f"{describe(m)}; torch {result['versions']['torch']}, {result['versions']['peers']}, onnxruntime "
-             f"{result['versions'].get('onnxruntime', '-')}; measured peak {peak}; {result['date']}.", ""]
+             f"{result['versions'].get('onnxruntime', '-')}, openvino {result['versions'].get('openvino', '-')}; measured peak {peak}; {result['date']}.", ""]
     lines += [f"- {note}" for note in result["notes"]]
     lines += ["", "## Headline: fastest pixelwise path vs the peer's eager fp32", "",
               "| model | input | peer ms | fastest pixelwise path | ms | speed-up | argmax agreement | "
@@ -282,7 +330,9 @@ def main() -> None:
     parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                         help="autocast contender: auto = only with native hardware support")
     parser.add_argument("--no-ort", default="", help="models to run without the ONNX Runtime contender ('all': none)")
-    parser.add_argument("--no-int8", action="store_true", help="leave out the ONNX Runtime int8 contender")
+    parser.add_argument("--no-int8", action="store_true", help="leave out the int8 contenders (ONNX Runtime, OpenVINO)")
+    parser.add_argument("--no-openvino", dest="openvino", action="store_false",
+                        help="leave out the OpenVINO contenders")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1x64,2x64, 1 round, no warm-up")
     parser.add_argument("--out", help="results file stem (default latency / latency_cuda / latency_quick)")
     add_device_args(parser)
@@ -306,6 +356,10 @@ def main() -> None:
                         else "--amp off"))
     if ort_missing:
         notes.append(f"no ONNX Runtime contender: {ort_missing}")
+    ov_missing = openvino_missing() if device.type == "cpu" else "OpenVINO runs on the CPU here"
+    if args.openvino and ov_missing:
+        notes.append(f"no OpenVINO contender: {ov_missing}")
+        args.openvino = False
     if no_ort and not ort_missing:
         notes.append(f"ONNX Runtime skipped (--no-ort) for: {', '.join(ZOO[k].title for k in keys if k in no_ort)}")
     notes += [f"{ZOO[k].title}: {ZOO[k].note}" for k in keys if ZOO[k].note]
@@ -326,6 +380,10 @@ def main() -> None:
         import onnxruntime
 
         versions["onnxruntime"] = onnxruntime.__version__
+    if args.openvino:
+        import openvino
+
+        versions["openvino"] = openvino.__version__
     result = {"benchmark": f"inference latency, {NUM_CLASSES} classes, random weights, {device.type}, eval, no_grad, "
                            f"inputs {', '.join(f'{b}x3x{s}x{s}' for b, s in sizes)}",
               "date": now(), "machine": machine(device), "versions": versions, "rounds": args.rounds,

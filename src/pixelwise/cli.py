@@ -13,6 +13,7 @@ from pathlib import Path
 from .errors import PixelwiseError
 
 FORMAT_DEFAULT = "png,color,overlay"
+BACKEND_CHOICES = ["torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8"]
 
 
 def _instance_predict(checkpoint: str, inputs: list[str], out: str, *, device: str, amp: str, quiet: bool) -> int:
@@ -115,6 +116,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                               f"{'ies' if len(semantic_only) == 1 else 'y'} to semantic models only. An instance "
                               f"model writes NAME_instances.png, NAME_semantic.png and COCO-RLE predictions.json; "
                               f"it takes --device, --amp and --out")
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise ConfigError(f"{args.checkpoint!r} holds an instance model, whose prediction runs in one process "
+                              f"(it is not sharded over torchrun ranks yet); run pixelwise predict without torchrun")
         return _instance_predict(args.checkpoint, args.inputs, args.out, device=args.device, amp=args.amp,
                                quiet=args.quiet)
     tta: str | dict = args.tta
@@ -219,7 +223,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     model, config = load_model(args.checkpoint)
     data = config.get("data", {})
-    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    suffix = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml"}[args.format]
     out = Path(args.out) if args.out else Path(args.checkpoint) / (("pipeline" if args.pipeline else "model") + suffix)
     common = {"height": args.height, "width": args.width, "dynamic": not args.static, "pipeline": args.pipeline,
               "mean": data.get("mean"), "std": data.get("std"), "layout": args.layout,
@@ -229,25 +233,50 @@ def _cmd_export(args: argparse.Namespace) -> int:
                              "build in 8-bit RGB input; export the plain network (its input is the normalised "
                              "float tensor, see the model card's Preprocessing) and normalise as "
                              "pixelwise.data.intensity.Preprocess does")
-    if args.int8 and (args.format != "onnx" or not args.calibrate):
-        raise PixelwiseError("--int8 needs --format onnx and --calibrate IMAGES (files or folders of 16-64 images "
-                             "like the ones the model will see; activation ranges come from them)")
+    if args.int8 and (args.format == "torchscript" or not args.calibrate):
+        raise PixelwiseError("--int8 needs --format onnx or openvino and --calibrate IMAGES (files or folders of "
+                             "16-64 images like the ones the model will see; activation ranges come from them)")
+    if args.format == "openvino":
+        return _openvino_export(args, model, out, common, data)
     if args.format == "onnx":
         export_onnx(model, out, opset=args.opset, **common)
         if args.int8:
-            from .data import read_image
             from .export.onnx import IMAGENET_MEAN, IMAGENET_STD
             from .export.quantize import quantize_onnx
-            from .infer.predict import expand_inputs
 
-            paths = expand_inputs(args.calibrate)[:args.calibrate_limit]
-            quantize_onnx(out, out.with_suffix(".int8.onnx"), [read_image(p) for p in paths],
+            quantize_onnx(out, out.with_suffix(".int8.onnx"), _calibration_images(args),
                           mean=data.get("mean") or IMAGENET_MEAN, std=data.get("std") or IMAGENET_STD,
                           reduce_range=not args.full_range, min_agreement=args.min_int8_agreement)
     else:
         if args.opset is not None:
             raise PixelwiseError("--opset applies to --format onnx only; drop it for torchscript")
         export_torchscript(model, out, **common)
+    return 0
+
+
+def _calibration_images(args: argparse.Namespace) -> list:
+    from .data import read_image
+    from .infer.predict import expand_inputs
+
+    return [read_image(p) for p in expand_inputs(args.calibrate)[:args.calibrate_limit]]
+
+
+def _openvino_export(args: argparse.Namespace, model, out: Path, common: dict, data: dict) -> int:
+    """``pixelwise export --format openvino``: ONNX (checked against PyTorch) -> IR ``model.xml`` [+ int8]."""
+    from .export.onnx import IMAGENET_MEAN, IMAGENET_STD, export_onnx
+    from .export.openvino import export_openvino, quantize_openvino
+
+    if args.pipeline:
+        raise PixelwiseError("--pipeline applies to --format onnx; the OpenVINO IR takes the normalised tensor")
+    onnx_file = out.with_suffix(".onnx")
+    if not onnx_file.is_file():
+        export_onnx(model, onnx_file, opset=args.opset, **common)
+    export_openvino(onnx_file, out)
+    print(f"wrote {out} (+ {out.with_suffix('.bin').name}, OpenVINO IR, fp32 weights) from {onnx_file.name}")
+    if args.int8:
+        quantize_openvino(out, out.with_name(out.stem + ".int8.xml"), _calibration_images(args),
+                          mean=data.get("mean") or IMAGENET_MEAN, std=data.get("std") or IMAGENET_STD,
+                          min_agreement=args.min_int8_agreement)
     return 0
 
 
@@ -345,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF")
     p.add_argument("--format", default=FORMAT_DEFAULT,
                    help="comma-separated outputs: png,color,overlay,coco-rle,csv-rle (default png,color,overlay)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "onnxruntime-int8"])
+    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES)
     p.add_argument("--redo", action="store_true",
                    help="predict every image again (default: keep images an earlier run into --out finished with "
                         "the same model and settings)")
@@ -372,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "onnxruntime-int8"],
+    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
                    help="onnxruntime: semantic models only")
     p.add_argument("--workers", type=int, default=1, help="images segmented at the same time")
     p.add_argument("--max-queue", type=int, default=8, help="requests waiting beyond that get HTTP 503")
@@ -402,8 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a saved model to ONNX or TorchScript and check it against PyTorch")
     p.add_argument("checkpoint", help="model folder (config.json + model.safetensors)")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
-    p.add_argument("--out", help="output file (default: CHECKPOINT/model.onnx, model.pt, or pipeline.*)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "openvino"],
+                   help="openvino: OpenVINO IR model.xml (+ model.int8.xml with --int8, NNCF), from model.onnx")
+    p.add_argument("--out", help="output file (default: CHECKPOINT/model.onnx, model.pt, model.xml or pipeline.*)")
     p.add_argument("--height", type=int, default=512, help="trace and parity-check height")
     p.add_argument("--width", type=int, default=512, help="trace and parity-check width")
     p.add_argument("--static", action="store_true", help="fixed batch/height/width (default: dynamic axes)")

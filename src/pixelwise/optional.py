@@ -1,7 +1,7 @@
 """Optional dependencies, imported where a feature uses them and never at ``import pixelwise``.
 
 ``pip install pixelwise`` gives training, evaluation and prediction; the extras add the rest
-(``[export]``, ``[serve]``, ``[coco]``, ``[medical]``, ``[log]``, ``[tiff]``, ``[sam]``, ``[hub]``, ``[all]``). A feature whose
+(``[export]``, ``[serve]``, ``[coco]``, ``[medical]``, ``[log]``, ``[tiff]``, ``[sam]``, ``[hub]``, ``[openvino]``, ``[all]``). A feature whose
 package is missing fails with :class:`~pixelwise.errors.MissingDependencyError` naming the
 extra to install, instead of a bare ``ModuleNotFoundError`` deep inside a call.
 """
@@ -31,6 +31,8 @@ EXTRAS = {
     "tifffile": "tiff",
     "transformers": "sam",
     "huggingface_hub": "hub",
+    "openvino": "openvino",
+    "nncf": "openvino",
 }
 
 

@@ -29,7 +29,8 @@ from .optional import require
 
 PREFIX = "hf://"
 # What a model folder may hold: the two files that make it, the people's card, exported graphs.
-MODEL_FILES = ("config.json", "model.safetensors", "README.md", "model.onnx", "model.int8.onnx", "pipeline.onnx")
+MODEL_FILES = ("config.json", "model.safetensors", "README.md", "model.onnx", "model.int8.onnx", "pipeline.onnx",
+               "model.xml", "model.bin", "model.int8.xml", "model.int8.bin")
 REQUIRED = ("config.json", "model.safetensors")
 _TRUE = ("1", "on", "yes", "true")
 

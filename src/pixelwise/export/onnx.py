@@ -402,12 +402,17 @@ def export_torchscript(model: nn.Module, path: str | Path, *, height: int = 512,
     return _finish(report, verbose, min_agreement)
 
 
-@register(BACKENDS, "onnxruntime")
-def onnxruntime_backend(model: nn.Module, folder: Path) -> OnnxRuntimeModel:
-    """The ``Segmenter`` backend ``"onnxruntime"``: ``FOLDER/model.onnx`` on ONNX Runtime (CPU),
-    exported first (with its parity check) when the folder has none."""
+def ensure_onnx(model: nn.Module, folder: str | Path) -> Path:
+    """``FOLDER/model.onnx``, exported first (with its parity check) when the folder has none."""
     path = Path(folder) / "model.onnx"
     if not path.is_file():
         # export_onnx checks ONNX Runtime against PyTorch at the trace size; 256 keeps that quick.
         export_onnx(model.cpu().eval(), path, height=256, width=256, verbose=False)
-    return OnnxRuntimeModel(path)
+    return path
+
+
+@register(BACKENDS, "onnxruntime")
+def onnxruntime_backend(model: nn.Module, folder: Path) -> OnnxRuntimeModel:
+    """The ``Segmenter`` backend ``"onnxruntime"``: ``FOLDER/model.onnx`` on ONNX Runtime (CPU),
+    exported first (with its parity check) when the folder has none."""
+    return OnnxRuntimeModel(ensure_onnx(model, folder))
