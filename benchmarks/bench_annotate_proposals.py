@@ -8,7 +8,8 @@ subprocess, held-out comparison). The proposals are then scored on ``--test`` ot
 images, on every object (8-connected component of one class, at least 1% of the image):
 
 - box prompt = the object's tight bounding box: GrabCut vs the model (its prediction of
-  the object's class inside the box);
+  the object's class inside the box) vs the two together ("model+grabcut": GrabCut seeded
+  with the model's proposal, :meth:`ModelProposer.refine`);
 - one click = the object's most interior pixel (largest distance to its border):
   watershed vs the model (the piece of its prediction under the click).
 
@@ -103,9 +104,10 @@ def main() -> None:
         raise SystemExit(f"retrain failed: {status.get('error')}")
     proposer = slot.get()
 
-    scores: dict[str, list[float]] = {k: [] for k in ("box_grabcut", "box_model", "click_watershed", "click_model")}
+    scores: dict[str, list[float]] = {k: [] for k in ("box_grabcut", "box_model", "box_model_grabcut", "click_watershed",
+                                                "click_model")}
     min_area = int(0.01 * args.size * args.size)
-    timing = {"grabcut": 0.0, "model": 0.0}
+    timing = {"grabcut": 0.0, "model": 0.0, "model+grabcut": 0.0}
     for i, (image, mask) in enumerate(tests):
         name = f"test{i:04d}"
         for cls, box, obj in objects(mask, min_area):
@@ -118,6 +120,9 @@ def main() -> None:
             t = time.perf_counter()
             scores["box_model"].append(iou(proposer.propose(image, boxed, name), obj))
             timing["model"] += time.perf_counter() - t
+            t = time.perf_counter()
+            scores["box_model_grabcut"].append(iou(proposer.refine(image, boxed, name), obj))
+            timing["model+grabcut"] += time.perf_counter() - t
             scores["click_watershed"].append(iou(watershed(image, clicked), obj))
             scores["click_model"].append(iou(proposer.propose(image, clicked, name), obj))
 
@@ -127,6 +132,7 @@ def main() -> None:
         "ms_per_object": {k: 1000 * v / max(1, len(scores["box_grabcut"])) for k, v in timing.items()},
         "total_seconds": time.perf_counter() - start}
     rows = [("box", "GrabCut (no model)", "box_grabcut"), ("box", "model after the retrain", "box_model"),
+            ("box", "model after the retrain + GrabCut (model+grabcut)", "box_model_grabcut"),
             ("one click", "watershed (no model)", "click_watershed"),
             ("one click", "model after the retrain", "click_model")]
     md = ["# Annotation proposals on the synthetic shapes", "",
@@ -142,7 +148,8 @@ def main() -> None:
         s = result["scores"][key]
         md.append(f"| {prompt} | {label} | {s['mean']:.3f} | {s['median']:.3f} | {s['p10']:.3f} |")
     md += ["", f"Time per object: GrabCut {result['ms_per_object']['grabcut']:.1f} ms, model (box) "
-               f"{result['ms_per_object']['model']:.1f} ms (one forward pass per image, cached). CPU: {cpu_model()}."]
+               f"{result['ms_per_object']['model']:.1f} ms (one forward pass per image, cached), model+grabcut "
+               f"{result['ms_per_object']['model+grabcut']:.1f} ms. CPU: {cpu_model()}."]
     save("annotate_proposals", result, md)
 
 

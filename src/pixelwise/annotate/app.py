@@ -38,7 +38,7 @@ from .uncertainty import MEASURES, rank_by_uncertainty
 
 __all__ = ["create_app", "METHODS"]
 
-METHODS: tuple[str, ...] = ("auto", "grabcut", "watershed", "model", "sam")
+METHODS: tuple[str, ...] = ("auto", "grabcut", "watershed", "model", "model+grabcut", "sam")
 STATIC = {"annotate.js": "text/javascript", "annotate.css": "text/css"}
 _INDEX_MODES = ("L", "P", "I", "I;16", "I;16L", "I;16B")
 
@@ -164,7 +164,8 @@ def create_app(store: AnnotationStore, *, slot: ModelSlot | None = None, sam=Non
 
     def project() -> dict[str, Any]:
         proposer = slot.get()
-        available = ["grabcut", "watershed"] + (["model"] if proposer else []) + (["sam"] if sam else [])
+        available = ["grabcut", "watershed"] + (["model", "model+grabcut"] if proposer else []) + \
+            (["sam"] if sam else [])
         return {"root": str(store.root), "images_dir": str(store.images_dir), "masks_dir": str(store.masks_dir),
                 "classes": [{"id": i, "name": n, "color": _hex(store.palette[i])} for i, n in enumerate(store.classes)],
                 "progress": store.progress(),
@@ -282,7 +283,9 @@ def create_app(store: AnnotationStore, *, slot: ModelSlot | None = None, sam=Non
             raise RequestError(422, "invalid_prompt", "grabcut needs a box; draw one, or use watershed for clicks")
         if method == "watershed" and not prompt.positives_given():
             raise RequestError(422, "invalid_prompt", "watershed needs at least one positive click or scribble")
-        if method == "model" and proposer is None:
+        if method == "model+grabcut" and prompt.box is None:
+            raise RequestError(422, "invalid_prompt", "model+grabcut needs a box; draw one, or use model for clicks")
+        if method in ("model", "model+grabcut") and proposer is None:
             raise RequestError(409, "no_model", "no model proposes yet: start with --model MODEL_DIR, or label a few "
                                                 "images and retrain")
         if method == "sam" and sam is None:
@@ -294,6 +297,8 @@ def create_app(store: AnnotationStore, *, slot: ModelSlot | None = None, sam=Non
             mask = watershed(rgb, prompt)
         elif method == "model":
             mask = proposer.propose(rgb, prompt, name)
+        elif method == "model+grabcut":
+            mask = proposer.refine(rgb, prompt, name)
         elif method == "sam":
             mask = sam.propose(rgb, prompt, name)
         else:

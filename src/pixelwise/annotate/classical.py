@@ -26,18 +26,32 @@ from .prompts import Prompt
 __all__ = ["grabcut", "watershed", "classical_proposal"]
 
 
-def grabcut(image: np.ndarray, prompt: Prompt, *, iterations: int = 5, seed: int = 0) -> np.ndarray:
-    """GrabCut inside ``prompt.box`` (which must be set), with its clicks/scribbles as hard constraints."""
+def grabcut(image: np.ndarray, prompt: Prompt, *, iterations: int = 5, seed: int = 0,
+            prior: np.ndarray | None = None, sure: np.ndarray | None = None) -> np.ndarray:
+    """GrabCut inside ``prompt.box`` (which must be set), with its clicks/scribbles as hard constraints.
+
+    ``prior``: an ``(H, W)`` bool guess of the object (a model's proposal): inside the box it is
+    "probably object" and the rest of the box "probably background", instead of the whole box
+    being "probably object"; ``sure`` (bool, inside ``prior``) is fixed as object. GrabCut then
+    corrects the guess's border from the image's colours, the paper's interactive step.
+    """
     height, width = image.shape[:2]
     x0, y0, x1, y1 = prompt.box
     positive, negative = prompt.marks(height, width, positive=True), prompt.marks(height, width, positive=False)
     out = np.zeros((height, width), bool)
-    if not positive.any() and not negative.any():
+    guided = prior is not None and bool(prior[y0:y1, x0:x1].any())
+    if not positive.any() and not negative.any() and not guided:
         box = np.array([[x0, y0, x1, y1, prompt.class_id]])
         out[y0:y1, x0:x1] = box_object_masks(image, box, mode="grabcut", grabcut_iterations=iterations, seed=seed)[0]
         return out
     labels = np.full((height, width), cv2.GC_BGD, np.uint8)
     labels[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    if guided:
+        inside = np.zeros((height, width), bool)
+        inside[y0:y1, x0:x1] = True
+        labels[inside & ~prior] = cv2.GC_PR_BGD
+        if sure is not None:
+            labels[inside & sure & prior] = cv2.GC_FGD
     labels[negative] = cv2.GC_BGD
     labels[positive] = cv2.GC_FGD  # a click on the object wins over a box edge
     inbox = np.zeros((height, width), bool)

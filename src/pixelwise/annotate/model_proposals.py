@@ -10,6 +10,8 @@ where the model sees any object (most probable class not the background). Then:
   (if the class region has none there, the object region is tried);
 - negative clicks/scribbles drop the pieces they touch.
 
+:meth:`ModelProposer.refine` ("model+grabcut" on the page) seeds GrabCut with that proposal.
+
 The probabilities of the last few images are cached, so a series of prompts on one image
 costs one forward pass.
 """
@@ -77,6 +79,10 @@ class ModelProposer:
             inbox = np.zeros((height, width), bool)
             inbox[y0:y1, x0:x1] = True
             region, objects = region & inbox, objects & inbox
+            if region.sum() < 0.5 * objects.sum():
+                # The box holds an object the model gives another class: the user's box and class say
+                # what it is, so the model's object pixels are the proposal (its class is the prompt's).
+                region = objects
         positive, negative = prompt.marks(height, width, positive=True), prompt.marks(height, width, positive=False)
         if positive.any():
             picked = _touching(region, positive)
@@ -84,6 +90,21 @@ class ModelProposer:
         if negative.any():
             region = region & ~_touching(region, negative)
         return region
+
+
+    def refine(self, image: np.ndarray, prompt: Prompt, key: str) -> np.ndarray:
+        """``(H, W)`` bool mask: GrabCut inside ``prompt.box`` seeded with :meth:`propose` (the model's
+        object is "probably object", the rest of the box "probably background", its confident core
+        fixed), so the image's colours correct the model's border and the model separates what
+        colour alone cannot. Without a box it is :meth:`propose`."""
+        from .classical import grabcut
+
+        region = self.propose(image, prompt, key)
+        if prompt.box is None:
+            return region
+        confident = self.probs(image, key).max(0) > 0.9
+        core = ndimage.binary_erosion(region, structure=_EIGHT, iterations=2) & confident
+        return grabcut(image, prompt, iterations=3, prior=region, sure=core)
 
 
 def _touching(region: np.ndarray, marks: np.ndarray) -> np.ndarray:
