@@ -338,3 +338,18 @@ def test_keypoint_model_without_dataset_keypoints_names_the_fix(tmp_path):
     cfg = config.load(_config(tmp_path, num_keypoints=3))
     with pytest.raises(ConfigError, match="has 5 keypoints"):
         build_task(cfg).build_model()
+
+
+def test_shipped_keypoint_config_trains(tmp_path, capsys):
+    """configs/keypoints_synthetic.yaml (docs/instance.md, "Keypoints") trains as written, only the
+    sample counts and the step budget shrunk, and validates keypoint AP."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "keypoints_synthetic.yaml"
+    raw = config.load(path)
+    assert raw.model.args["num_keypoints"] == 5 and raw.data.args["keypoints"] is True
+    overrides = [f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "data.train_samples=8",
+                 "data.val_samples=2", "train.val_every=1", "train.plots=false"]
+    assert main(["train", str(path), "--quiet", "--no-report", *sum((["--set", o] for o in overrides), [])]) == 0
+    assert "done: 2 steps" in capsys.readouterr().out
+    assert _rows(tmp_path / "run" / "metrics.csv")[-1]["keypoint_AP"] != ""
