@@ -57,7 +57,8 @@ def _permutation(pairs: list, count: int, names: list[str], what: str) -> list[i
             raise ConfigError(f"{what}: {pair!r} is not a pair; give [a, b] of keypoint names or indices")
         a, b = (names.index(p) if isinstance(p, str) and p in names else p for p in pair)
         if not all(isinstance(v, int) and 0 <= v < count for v in (a, b)):
-            raise ConfigError(f"{what}: pair {pair!r} names no keypoint of {names}; use names or indices 0..{count - 1}")
+            raise ConfigError(f"{what}: pair {pair!r} names no keypoint of {names}; use names or indices "
+                              f"0..{count - 1}")
         perm[a], perm[b] = b, a
     return perm
 

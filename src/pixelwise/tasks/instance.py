@@ -22,9 +22,9 @@ from .. import config as config_mod
 from ..config import ExperimentCfg
 from ..data import EpochSeeded
 from ..data.instances import InstanceTransform, instance_collate
+from ..data.keypoints import KeypointSpec
 from ..errors import ConfigError
 from ..hub import load_model, read_config
-from ..data.keypoints import KeypointSpec
 from ..metrics.coco import KEYPOINT_STATS, STATS, coco_evaluate, coco_ground_truth, coco_results
 from ..models.maskrcnn import create_instance_model
 from ..registry import DATASETS, INSTANCE_MODELS, TASKS, lookup, register
