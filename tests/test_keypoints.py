@@ -91,6 +91,12 @@ def test_coco_keypoints_reader_gives_targets_in_the_model_format(coco_keypoints_
     # Annotation 3 has no segmentation: its box is its mask, so it still trains.
     _, target = ds[1]
     assert target["boxes"].tolist() == [[10.0, 2.0, 30.0, 22.0]] and target["keypoints"].shape == (1, 17, 3)
+    # Through a flipping training transform: the flipped image's left eye is the mirrored right eye.
+    flip = DATASETS["coco_keypoints"](_cfg(root), "val", train=True,
+                                      transform=InstanceTransform(train=True, scale=(1.0, 1.0), hflip=1.0, vflip=0.0))
+    flipped = flip[0][1]["keypoints"][0].numpy()
+    assert flipped[1, 0] == pytest.approx(W - points[1][2, 0]) and flipped[1, 1] == pytest.approx(points[1][2, 1])
+    assert flipped[0, 0] == pytest.approx(W - points[1][0, 0])  # the nose has no partner
 
 
 def test_coco_keypoints_reader_errors_name_the_fix(coco_keypoints_root, tmp_path):
