@@ -249,9 +249,11 @@ def test_each_task_trains_under_two_gloo_processes(tmp_path, task):
     else:
         path = tmp_path / "run.yaml"
         config.save(config.from_dict({
-            "model": {"name": "maskrcnn", "encoder": "test_resnet", "args": MASKRCNN_ARGS},
+            # With the keypoint branch: its loss and the keypoint AP of both shards come through DDP too.
+            "model": {"name": "maskrcnn", "encoder": "test_resnet", "args": {**MASKRCNN_ARGS, "num_keypoints": 5}},
             "data": {"dataset": "synthetic_instances", "num_classes": 5, "crop_size": 64, "augment": "none",
-                     "batch_size": 1, "train_samples": 4, "val_samples": 2, "args": {"max_objects": 3}},
+                     "batch_size": 1, "train_samples": 4, "val_samples": 2,
+                     "args": {"max_objects": 3, "keypoints": True}},
             "train": {"max_steps": 2, "optimizer": "sgd", "lr": 0.005, "out_dir": str(tmp_path / "run"),
                       "log_every": 1, "tensorboard": False, "plots": False, "device": "cpu"}}), path)
         overrides = []
@@ -261,6 +263,8 @@ def test_each_task_trains_under_two_gloo_processes(tmp_path, task):
     assert [r["step"] for r in log] == ["1", "2"]  # only rank 0 writes
     column = {"binary": "miou", "multilabel": "miou", "gscnn": "miou", "instance": "mask_AP"}[task]
     assert rows(tmp_path / "run" / "metrics.csv")[-1][column] != ""
+    if task == "instance":
+        assert rows(tmp_path / "run" / "metrics.csv")[-1]["keypoint_AP"] != "" and "loss_keypoint" in log[0]
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
 
 

@@ -100,6 +100,7 @@ class CocoIndex:
 
     Attributes:
         category_ids: COCO category id of label ``1 + i`` (sorted ids).
+        categories: the JSON ``categories`` entries in the same order.
         label_of: COCO category id -> contiguous label in ``1..K``.
         class_names: ``["background", name of label 1, ..., name of label K]``.
         images: the JSON ``images`` entries in id order.
@@ -124,6 +125,7 @@ class CocoIndex:
                 raise DataError(f"COCO annotation file {str(self.ann_file)!r} has no {key!r} list; is it an "
                                 f"instances file (captions and keypoints files are not segmentations)?")
         categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+        self.categories = categories  # the JSON entries, in label order (keypoint names, skeleton)
         self.category_ids = [int(c["id"]) for c in categories]
         self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self.class_names = ["background"] + [str(c.get("name", f"category_{c['id']}")) for c in categories]
@@ -292,13 +294,13 @@ def collate_instances(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torc
     return list(images), list(targets)
 
 
-def _paths(cfg, split: str) -> tuple[Path, Path]:
+def _paths(cfg, split: str, *, ann_file: str = DEFAULT_ANN_FILE) -> tuple[Path, Path]:
     if cfg.root is None:
-        raise DataError("data.dataset is 'coco' but data.root is not set; set it to the COCO folder holding "
-                        f"{DEFAULT_ANN_FILE!r} and {DEFAULT_IMAGE_DIR!r}")
+        raise DataError(f"data.dataset is {cfg.dataset!r} but data.root is not set; set it to the COCO folder "
+                        f"holding {ann_file!r} and {DEFAULT_IMAGE_DIR!r}")
     args = cfg.args
     root = Path(cfg.root)
-    return (root / str(args.get("ann_file", DEFAULT_ANN_FILE)).format(split=split),
+    return (root / str(args.get("ann_file", ann_file)).format(split=split),
             root / str(args.get("image_dir", DEFAULT_IMAGE_DIR)).format(split=split))
 
 

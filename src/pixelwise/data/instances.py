@@ -6,7 +6,7 @@ Every instance sample follows torchvision's detection convention::
     image   FloatTensor (3, H, W) in 0..1 (the model normalises it itself)
     target  {"boxes": FloatTensor (K, 4) xyxy, "labels": LongTensor (K,) in 1..C-1,
              "masks": ByteTensor (K, H, W), "area": FloatTensor (K,), "iscrowd": (K,) int64,
-             "image_id": int, "name": str}
+             "image_id": int, "name": str, "keypoints": FloatTensor (K, P, 3) (keypoint sets only)}
 
 Boxes are always recomputed from the masks, so they stay exact after any augmentation.
 A box spans the pixels it covers: ``x1 = last column + 1`` (COCO's ``[x, y, w, h]`` is
@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS, register
+from .keypoints import KeypointSpec, flip_keypoints, mask_keypoints, move_keypoints, shape_keypoint_spec
 from .synthetic import (
     _MIN_VISIBLE,
     CLASS_NAMES,
@@ -66,8 +67,10 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def make_target(masks: np.ndarray, labels: np.ndarray, *, name: str, image_id: int) -> dict:
-    """torchvision detection target from ``(K, H, W)`` masks and ``(K,)`` labels; empty masks dropped."""
+def make_target(masks: np.ndarray, labels: np.ndarray, *, name: str, image_id: int,
+                keypoints: np.ndarray | None = None) -> dict:
+    """torchvision detection target from ``(K, H, W)`` masks, ``(K,)`` labels and optional ``(K, P, 3)``
+    keypoints; instances with empty masks are dropped (with their keypoints)."""
     masks = np.asarray(masks, dtype=np.uint8)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(masks) != len(labels):
@@ -75,10 +78,17 @@ def make_target(masks: np.ndarray, labels: np.ndarray, *, name: str, image_id: i
     area = masks.sum(axis=tuple(range(1, masks.ndim)), dtype=np.int64)
     keep = area > 0
     masks, labels, area = masks[keep], labels[keep], area[keep]
-    return {"boxes": torch.from_numpy(masks_to_boxes(masks)).reshape(-1, 4),
-            "labels": torch.from_numpy(labels), "masks": torch.from_numpy(np.ascontiguousarray(masks)),
-            "area": torch.from_numpy(area.astype(np.float32)),
-            "iscrowd": torch.zeros(len(labels), dtype=torch.int64), "image_id": int(image_id), "name": name}
+    target = {"boxes": torch.from_numpy(masks_to_boxes(masks)).reshape(-1, 4),
+              "labels": torch.from_numpy(labels), "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+              "area": torch.from_numpy(area.astype(np.float32)),
+              "iscrowd": torch.zeros(len(labels), dtype=torch.int64), "image_id": int(image_id), "name": name}
+    if keypoints is not None:
+        keypoints = np.asarray(keypoints, dtype=np.float32)
+        if len(keypoints) != len(keep):
+            raise DataError(f"{name}: {len(keypoints)} keypoint sets but {len(keep)} instance masks; give one "
+                            f"(P, 3) set per mask")
+        target["keypoints"] = torch.from_numpy(np.ascontiguousarray(keypoints[keep]))
+    return target
 
 
 def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -98,7 +108,10 @@ class InstanceTransform:
     Training: random zoom (resize by a random factor, ``cv2.INTER_LINEAR`` for the image and
     nearest for the masks, then crop or zero-pad back to the input size), horizontal and
     vertical flips. Instances cut away entirely are dropped and boxes are recomputed from
-    the masks. Evaluation (``train=False``) only converts to tensors.
+    the masks. Keypoints, when given, move with the image (scaled and shifted by the zoom;
+    points pushed out of the image become unlabelled) and a flip reorders them by the
+    :class:`~pixelwise.data.keypoints.KeypointSpec`'s flip map, so ``left_eye`` stays the
+    left eye. Evaluation (``train=False``) only converts to tensors.
 
     Args:
         train: augment or not.
@@ -106,8 +119,8 @@ class InstanceTransform:
         hflip, vflip: flip probabilities.
         seed: seed of the transform's own generator (see :meth:`reseed`).
 
-    ``__call__(image (H, W, 3) uint8, masks (K, H, W), labels (K,), name, image_id)``
-    returns ``(image FloatTensor (3, H', W') in 0..1, target dict)``.
+    ``__call__(image (H, W, 3) uint8, masks (K, H, W), labels (K,), name, image_id, keypoints=None
+    (K, P, 3), keypoint_spec=None)`` returns ``(image FloatTensor (3, H', W') in 0..1, target dict)``.
     """
 
     def __init__(self, *, train: bool, scale: tuple[float, float] = (0.75, 1.25), hflip: float = 0.5,
@@ -122,14 +135,21 @@ class InstanceTransform:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, image: np.ndarray, masks: np.ndarray, labels: np.ndarray, *, name: str,
-                 image_id: int) -> tuple[Tensor, dict]:
+                 image_id: int, keypoints: np.ndarray | None = None, keypoint_spec: KeypointSpec | None = None
+                 ) -> tuple[Tensor, dict]:
         masks = np.asarray(masks, dtype=np.uint8).reshape(-1, *image.shape[:2])
+        if keypoints is not None:
+            keypoints = np.asarray(keypoints, dtype=np.float32).reshape(len(masks), -1, 3)
+            if self.train and keypoint_spec is None and (self.hflip > 0 or self.vflip > 0):
+                raise ConfigError(f"{name}: flips would mirror keypoints without knowing which ones swap sides; "
+                                  f"give the dataset's KeypointSpec (keypoint_spec=) or set hflip=vflip=0")
         if self.train:
-            image, masks = self._augment(image, masks)
+            image, masks, keypoints = self._augment(image, masks, keypoints, keypoint_spec)
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return tensor, make_target(masks, labels, name=name, image_id=image_id)
+        return tensor, make_target(masks, labels, name=name, image_id=image_id, keypoints=keypoints)
 
-    def _augment(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _augment(self, image: np.ndarray, masks: np.ndarray, keypoints: np.ndarray | None,
+                 spec: KeypointSpec | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         rng = self.rng
         height, width = image.shape[:2]
         factor = rng.uniform(*self.scale)
@@ -148,12 +168,20 @@ class InstanceTransform:
             dst_x = slice(0, width) if size[0] >= width else slice(dx, dx + size[0])
             canvas[dst_y, dst_x] = image[src_y, src_x]
             layers[:, dst_y, dst_x] = masks[:, src_y, src_x]
+            if keypoints is not None:  # cv2.resize maps continuous coordinates by the size ratio exactly
+                offset = (dst_x.start - src_x.start, dst_y.start - src_y.start)
+                keypoints = move_keypoints(keypoints, scale=(size[0] / width, size[1] / height), offset=offset,
+                                           size=(width, height))
             image, masks = canvas, layers
         if rng.random() < self.hflip:
             image, masks = image[:, ::-1], masks[:, :, ::-1]
+            if keypoints is not None:
+                keypoints = flip_keypoints(keypoints, size=width, axis="x", perm=spec.hflip)
         if rng.random() < self.vflip:
             image, masks = image[::-1], masks[:, ::-1]
-        return np.ascontiguousarray(image), np.ascontiguousarray(masks)
+            if keypoints is not None:
+                keypoints = flip_keypoints(keypoints, size=height, axis="y", perm=spec.vflip)
+        return np.ascontiguousarray(image), np.ascontiguousarray(masks), keypoints
 
     def __repr__(self) -> str:
         return f"InstanceTransform(train={self.train}, scale={self.scale}, hflip={self.hflip}, vflip={self.vflip})"
@@ -195,6 +223,9 @@ class SyntheticInstances(Dataset):
         transform: an :class:`InstanceTransform`; ``None`` converts without augmenting.
         min_objects, max_objects: objects attempted per image.
         touch: probability that an object is placed against an earlier one.
+        keypoints: add ``"keypoints"`` ``(K, 5, 3)`` to the targets: each shape's mask centroid and
+            its leftmost, rightmost, top and bottom points (:func:`~pixelwise.data.keypoints.mask_keypoints`;
+            ``keypoint_spec`` then says their names, flip maps and OKS sigmas).
 
     Items: ``(image (3, S', S') float 0..1, target)`` in torchvision's detection format.
     """
@@ -203,7 +234,7 @@ class SyntheticInstances(Dataset):
 
     def __init__(self, num_samples: int, *, image_size: int = 96, seed: int = 0,
                  transform: InstanceTransform | None = None, min_objects: int = 2, max_objects: int = 6,
-                 touch: float = 0.5) -> None:
+                 touch: float = 0.5, keypoints: bool = False) -> None:
         if num_samples < 0 or image_size < 32 or not 1 <= min_objects <= max_objects:
             raise ConfigError(f"SyntheticInstances: need num_samples >= 0, image_size >= 32 and "
                               f"1 <= min_objects <= max_objects; got {num_samples}, {image_size}, "
@@ -211,6 +242,7 @@ class SyntheticInstances(Dataset):
         self.num_samples, self.image_size, self.seed = num_samples, image_size, seed
         self.transform = transform
         self.min_objects, self.max_objects, self.touch = min_objects, max_objects, touch
+        self.keypoint_spec = shape_keypoint_spec() if keypoints else None
 
     def __len__(self) -> int:
         return self.num_samples
@@ -269,11 +301,14 @@ class SyntheticInstances(Dataset):
             raise IndexError(f"SyntheticInstances index {index} out of range for {self.num_samples} samples")
         image, masks, labels = self.generate(index)
         transform = self.transform or InstanceTransform(train=False)
-        return transform(image, masks, labels, name=f"synthetic_instances_{index:05d}", image_id=index + 1)
+        keypoints = mask_keypoints(masks) if self.keypoint_spec is not None else None
+        return transform(image, masks, labels, name=f"synthetic_instances_{index:05d}", image_id=index + 1,
+                         keypoints=keypoints, keypoint_spec=self.keypoint_spec)
 
     def __repr__(self) -> str:
         return (f"SyntheticInstances(num_samples={self.num_samples}, image_size={self.image_size}, "
-                f"seed={self.seed}, objects={self.min_objects}..{self.max_objects}, touch={self.touch})")
+                f"seed={self.seed}, objects={self.min_objects}..{self.max_objects}, touch={self.touch}, "
+                f"keypoints={self.keypoint_spec is not None})")
 
 
 @register(DATASETS, "synthetic_instances")
@@ -290,10 +325,10 @@ def build_synthetic_instances(cfg, split: str, *, train: bool, transform: Callab
                           f"{len(CLASS_NAMES)} classes {CLASS_NAMES} (background included); "
                           f"set data.num_classes={len(CLASS_NAMES)}")
     args = dict(cfg.args)
-    unknown = set(args) - {"min_objects", "max_objects", "touch", "scale"}
+    unknown = set(args) - {"min_objects", "max_objects", "touch", "scale", "keypoints"}
     if unknown:
         raise ConfigError(f"data.args {sorted(unknown)} are not options of synthetic_instances; "
-                          f"valid: min_objects, max_objects, touch, scale")
+                          f"valid: min_objects, max_objects, touch, scale, keypoints")
     scale = tuple(args.pop("scale", (0.75, 1.25)))
     if not isinstance(transform, InstanceTransform):
         transform = InstanceTransform(train=train and cfg.augment != "none", scale=scale)

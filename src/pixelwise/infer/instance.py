@@ -4,7 +4,8 @@ and semantic label maps made from the instances.
 For each input image ``NAME`` the output folder gets
 
     NAME_instances.png   the image with every instance in its own colour, its box, and
-                         "class score" text (OpenCV drawing)
+                         "class score" text (OpenCV drawing); a keypoint model also draws each
+                         instance's keypoints as dots joined by the keypoint set's skeleton
     NAME_semantic.png    per-pixel class of the highest-scoring instance (palette PNG;
                          ``pixelwise.data.read_mask`` reads the indices back)
 
@@ -12,7 +13,9 @@ and for the whole run
 
     predictions.json     COCO results: ``[{"image_id", "category_id", "score", "bbox": [x, y, w, h],
                          "segmentation": {"size": [H, W], "counts": str}}]`` (every detection the
-                         model keeps, for AP; overlays only draw those above ``score_threshold``)
+                         model keeps, for AP; overlays only draw those above ``score_threshold``);
+                         a keypoint model adds ``"keypoints": [x1, y1, s1, ...]`` (``s`` the keypoint's
+                         heatmap score), COCO's keypoint results format
     images.json          a COCO dataset dict (images + categories, no annotations) so that
                          ``COCO("images.json").loadRes("predictions.json")`` works
 """
@@ -35,7 +38,7 @@ from ..runtime import autocast
 from ..tasks.instance import load_instance_model
 from .predict import expand_inputs
 
-__all__ = ["detect_instances", "draw_instances", "instance_colours", "predict_instance_paths"]
+__all__ = ["detect_instances", "draw_instances", "draw_keypoints", "instance_colours", "predict_instance_paths"]
 
 
 def instance_colours(n: int) -> np.ndarray:
@@ -80,6 +83,26 @@ def draw_instances(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labe
     return out
 
 
+def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, *, skeleton: list | None = None,
+                   colours: np.ndarray | None = None) -> np.ndarray:
+    """Draw ``(D, P, 2+)`` keypoints (x, y in pixels) on an ``(H, W, 3)`` uint8 image: a dot per point,
+    black-rimmed so it shows on any colour, and a line per ``skeleton`` pair ``[a, b]`` (0-based).
+    Instance ``i`` is drawn in ``colours[i]`` (default :func:`instance_colours`). Returns a new image."""
+    out = np.ascontiguousarray(image.copy())
+    colours = instance_colours(len(keypoints)) if colours is None else colours
+    radius = max(2, round(min(image.shape[:2]) / 100))
+    for points, colour in zip(np.asarray(keypoints, dtype=np.float64), colours):
+        colour = tuple(int(c) for c in colour)
+        xy = [(int(round(x)), int(round(y))) for x, y in points[:, :2]]
+        for a, b in skeleton or []:
+            if max(a, b) < len(xy):
+                cv2.line(out, xy[a], xy[b], colour, 1, cv2.LINE_AA)
+        for centre in xy:
+            cv2.circle(out, centre, radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
+            cv2.circle(out, centre, radius, colour, -1, cv2.LINE_AA)
+    return out
+
+
 @torch.no_grad()
 def detect_instances(model: torch.nn.Module, image: np.ndarray, *, device: str | torch.device = "cpu",
                      amp: str = "none") -> Instances:
@@ -113,6 +136,8 @@ def predict_instance_paths(checkpoint: str | Path, inputs: Iterable[str | Path],
     device_t = torch.device(device)
     model, config = load_instance_model(checkpoint, device=device_t)
     names = config.get("data", {}).get("class_names") or [f"class_{i}" for i in range(model.num_classes)]
+    keypoint_set = config.get("data", {}).get("keypoints") or {}
+    skeleton = keypoint_set.get("skeleton", [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images, results, written, failed = [], [], [], []
@@ -126,16 +151,23 @@ def predict_instance_paths(checkpoint: str | Path, inputs: Iterable[str | Path],
         boxes, labels, scores, masks = det.boxes, det.labels, det.scores, det.masks
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
-        results += coco_results(image_id, boxes, labels, scores, masks, mask_threshold=mask_threshold)
+        results += coco_results(image_id, boxes, labels, scores, masks, mask_threshold=mask_threshold,
+                                keypoints=det.keypoints, keypoint_scores=det.keypoint_scores)
         keep = (scores >= score_threshold).cpu().numpy()
         overlay = draw_instances(image, (masks > mask_threshold).cpu().numpy()[keep], boxes.cpu().numpy()[keep],
                                  labels.cpu().numpy()[keep], scores.cpu().numpy()[keep], names)
+        if det.keypoints is not None:
+            overlay = draw_keypoints(overlay, det.keypoints.cpu().numpy()[keep], skeleton=skeleton,
+                                     colours=instance_colours(int(keep.sum())))
         write_image(out / f"{path.stem}_instances.png", overlay)
         semantic = instances_to_semantic(masks, labels, scores, score_threshold=score_threshold,
                                          mask_threshold=mask_threshold)
         write_mask(out / f"{path.stem}_semantic.png", semantic.cpu().numpy())
         written.append(str(path))
     categories = [{"id": k, "name": n} for k, n in enumerate(names) if k > 0]
+    if keypoint_set:  # COCO keypoint categories: 1-based skeleton
+        categories = [{**c, "keypoints": list(keypoint_set["names"]),
+                       "skeleton": [[a + 1, b + 1] for a, b in skeleton]} for c in categories]
     (out / "images.json").write_text(json.dumps({"images": images, "annotations": [], "categories": categories}))
     (out / "predictions.json").write_text(json.dumps(results))
     return {"written": written, "failed": failed, "predictions": str(out / "predictions.json"),

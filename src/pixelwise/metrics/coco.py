@@ -10,10 +10,15 @@ truth and unmatched detections to areas ``< 32**2``, ``32**2 .. 96**2``, ``> 96*
 pixels. The computation itself is pycocotools' ``COCOeval(iouType="segm")``; this
 module only turns per-image masks into its run-length-encoded inputs.
 
-Two entry points share pycocotools' evaluator (:func:`_summarize`): :class:`CocoMaskAP`
-accumulates masks image by image (mask AP, per-class AP, all-gather across processes), and
+Two entry points share one AP routine (:func:`_cocoeval`): :class:`CocoMaskAP` accumulates
+masks image by image (mask AP, per-class AP, all-gather across processes), and
 :func:`coco_evaluate` scores COCO dicts (ground truth from :func:`coco_ground_truth`, results
-from :func:`coco_results`) for box and mask AP at once, as instance training validates.
+from :func:`coco_results`) for box, mask and keypoint AP at once, as instance training validates.
+
+Keypoint AP (``iouType="keypoints"``) replaces IoU by the object keypoint similarity
+``OKS = sum_i exp(-d_i^2 / (2 s^2 k_i^2)) [v_i > 0] / sum_i [v_i > 0]`` over the labelled
+ground-truth keypoints, with ``d_i`` the distance to the predicted point, ``s^2`` the object's
+(mask) area and ``k_i = 2 sigma_i`` the per-keypoint falloff (COCO's 17 person sigmas by default).
 
 pycocotools is an optional dependency: ``pip install "pixelwise[coco]"`` (``".[coco]"`` in a clone).
 """
@@ -34,6 +39,8 @@ from ..data.rle import coco_rle
 from ..optional import require
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# COCO's keypoint summary has no small range (people under 32^2 px carry no usable keypoints).
+KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl")
 
 
 def _pycocotools():
@@ -155,28 +162,17 @@ class CocoMaskAP:
             self._dets += [{**d, "image_id": d["image_id"] + offset} for d in dets]
         return self
 
-    def _dataset(self, records: list[dict], with_scores: bool) -> dict:
+    def _ground_truth(self) -> dict:
         mask_utils = self._mask_utils
-        annotations = []
         # Annotation ids start at 1: COCOeval stores the matched id and treats 0 as
         # "unmatched", so an id of 0 would silently turn a true positive into a miss.
-        for ann_id, record in enumerate(records, start=1):
-            ann = {
-                "id": ann_id, "image_id": record["image_id"],
-                "category_id": record["category_id"], "segmentation": record["rle"],
-                "area": float(mask_utils.area(record["rle"])),
-                "bbox": mask_utils.toBbox(record["rle"]).tolist(), "iscrowd": 0,
-            }
-            if with_scores:
-                ann["score"] = record["score"]
-            annotations.append(ann)
+        annotations = [{"id": ann_id, "image_id": g["image_id"], "category_id": g["category_id"],
+                        "segmentation": g["rle"], "area": float(mask_utils.area(g["rle"])),
+                        "bbox": mask_utils.toBbox(g["rle"]).tolist(), "iscrowd": 0}
+                       for ann_id, g in enumerate(self._gts, start=1)]
         categories = {r["category_id"] for r in self._gts + self._dets}
-        return {
-            "images": [{"id": i, "height": h, "width": w}
-                       for i, (h, w) in enumerate(self._images, start=1)],
-            "annotations": annotations,
-            "categories": [{"id": c} for c in sorted(categories)],
-        }
+        return {"images": [{"id": i, "height": h, "width": w} for i, (h, w) in enumerate(self._images, start=1)],
+                "annotations": annotations, "categories": [{"id": c} for c in sorted(categories)]}
 
     def compute(self) -> dict:
         """``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` as floats in ``[0, 1]``
@@ -186,24 +182,10 @@ class CocoMaskAP:
             raise ValueError(
                 "CocoMaskAP has no ground-truth instances; AP is undefined without them"
             )
-        _, COCO, COCOeval = _pycocotools()
-        # Built directly rather than through COCO.loadRes, which fails on an empty list
-        # of detections; printing is silenced because COCOeval reports with print().
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt, dt = COCO(), COCO()
-            gt.dataset = self._dataset(self._gts, with_scores=False)
-            dt.dataset = self._dataset(self._dets, with_scores=True)
-            gt.createIndex()
-            dt.createIndex()
-            evaluator = COCOeval(gt, dt, iouType="segm")
-            evaluator.params.maxDets = [1, 10, self.max_detections]
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        result = {
-            name: (math.nan if value < 0 else float(value))
-            for name, value in zip(STATS, evaluator.stats[: len(STATS)])
-        }
+        results = [{"image_id": d["image_id"], "category_id": d["category_id"], "segmentation": d["rle"],
+                    "score": d["score"]} for d in self._dets]
+        evaluator = _cocoeval(self._ground_truth(), results, "segm", max_detections=self.max_detections)
+        result: dict = _stats(evaluator, "segm")
         # precision: (IoU thresholds, recalls, classes, area ranges, max dets); -1 = none.
         precision = evaluator.eval["precision"][:, :, :, 0, -1]
         per_class = {}
@@ -231,20 +213,33 @@ def _xywh(boxes: np.ndarray) -> list[list[float]]:
     return [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in boxes]
 
 
+def _keypoint_fields(points: np.ndarray) -> dict:
+    """A ground-truth ``(P, 3)`` keypoint row as COCO's ``keypoints`` list and ``num_keypoints``."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    visible = points[:, 2] > 0
+    flat = np.where(visible[:, None], points, 0.0)
+    return {"keypoints": [float(v) if j < 2 else int(v) for row in flat for j, v in enumerate(row)],
+            "num_keypoints": int(visible.sum())}
+
+
 def coco_ground_truth(targets: Iterable[dict], sizes: Iterable[tuple[int, int]],
                       class_names: list[str]) -> dict:
-    """A COCO dataset dict from torchvision targets (``masks`` (K, H, W), ``labels``, ``image_id``)
-    and the ``(H, W)`` of each image; ``class_names[0]`` is the background and is left out."""
+    """A COCO dataset dict from torchvision targets (``masks`` (K, H, W), ``labels``, ``image_id``,
+    optionally ``keypoints`` (K, P, 3)) and the ``(H, W)`` of each image; ``class_names[0]`` is the
+    background and is left out. The area (OKS's object scale too) is the mask's pixel count."""
     images, annotations = [], []
     for target, (height, width) in zip(targets, sizes):
         image_id = int(target["image_id"])
         images.append({"id": image_id, "height": int(height), "width": int(width),
                        "file_name": str(target.get("name", image_id))})
         masks = _numpy(target["masks"]).astype(np.uint8)
-        for rle, label, box in zip(coco_rle(masks), _numpy(target["labels"]), _xywh(_numpy(target["boxes"]))):
+        points = _numpy(target["keypoints"]) if "keypoints" in target else [None] * len(masks)
+        for rle, label, box, kps in zip(coco_rle(masks), _numpy(target["labels"]), _xywh(_numpy(target["boxes"])),
+                                        points):
             # ids from 1: COCOeval takes a matched id of 0 for "unmatched".
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
-                                "segmentation": rle, "area": float(masks_area(rle)), "bbox": box, "iscrowd": 0})
+                                "segmentation": rle, "area": float(masks_area(rle)), "bbox": box, "iscrowd": 0,
+                                **(_keypoint_fields(kps) if kps is not None else {})})
     categories = [{"id": k, "name": name} for k, name in enumerate(class_names) if k > 0]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -256,41 +251,77 @@ def masks_area(rle: dict) -> float:
     return float(mask_utils.area(rle))
 
 
-def coco_results(image_id: int, boxes, labels, scores, masks, *, mask_threshold: float = 0.5) -> list[dict]:
+def coco_results(image_id: int, boxes, labels, scores, masks, *, mask_threshold: float = 0.5,
+                 keypoints=None, keypoint_scores=None) -> list[dict]:
     """COCO result records of one image: ``masks`` ``(D, H, W)`` probabilities, binarised at
-    ``> mask_threshold``; each record has both ``bbox`` and an RLE ``segmentation``."""
+    ``> mask_threshold``; each record has both ``bbox`` and an RLE ``segmentation``, and with
+    ``keypoints`` ``(D, P, 2+)`` also ``keypoints`` ``[x1, y1, s1, ...]``, ``s`` the ``(D, P)``
+    ``keypoint_scores`` (1 if not given; COCOeval reads only x and y)."""
     masks = _numpy(masks) > mask_threshold
-    return [{"image_id": int(image_id), "category_id": int(label), "score": float(score), "bbox": box,
-             "segmentation": rle}
-            for rle, label, score, box in zip(coco_rle(masks), _numpy(labels), _numpy(scores), _xywh(_numpy(boxes)))]
+    records = [{"image_id": int(image_id), "category_id": int(label), "score": float(score), "bbox": box,
+                "segmentation": rle}
+               for rle, label, score, box in zip(coco_rle(masks), _numpy(labels), _numpy(scores), _xywh(_numpy(boxes)))]
+    if keypoints is not None:
+        points = _numpy(keypoints).astype(np.float64)[..., :2]
+        point_scores = (np.ones(points.shape[:2]) if keypoint_scores is None
+                        else _numpy(keypoint_scores).astype(np.float64).reshape(points.shape[:2]))
+        for record, xy, sc in zip(records, points, point_scores):
+            record["keypoints"] = [float(v) for v in np.concatenate([xy, sc[:, None]], axis=1).ravel()]
+    return records
 
 
-def coco_evaluate(ground_truth: dict, results: list[dict], *, iou_types: tuple[str, ...] = ("bbox", "segm")
-                  ) -> dict[str, dict[str, float]]:
-    """``{"bbox": {AP, AP50, ...}, "segm": {...}}`` from pycocotools' COCOeval.
+def _cocoeval(ground_truth: dict, results: list[dict], iou_type: str, *, max_detections: int = 100,
+              sigmas: Sequence[float] | None = None):
+    """pycocotools' ``COCOeval`` of ``results`` against ``ground_truth`` (COCO dicts), evaluated,
+    accumulated and summarised: the one AP routine behind :class:`CocoMaskAP` and :func:`coco_evaluate`.
 
-    Values are in 0..1; NaN where COCO reports -1 (no ground truth in that size range).
-    With no detections at all every AP is 0 (``loadRes`` refuses an empty list).
+    Each evaluation sees only its own geometry: ``loadRes`` would otherwise take the box area for
+    segm records too (detectron2 drops the other key the same way); keypoint records keep their
+    box, whose area decides their size range. No results at all is an empty result set (``loadRes``
+    refuses an empty list). ``max_detections`` is the largest of COCO's ``maxDets`` (keypoints: 20,
+    COCO's fixed value); ``sigmas`` the per-keypoint OKS sigmas (default COCO's 17).
     """
-    COCO = require("pycocotools.coco", "COCO evaluation").COCO
-    COCOeval = require("pycocotools.cocoeval", "COCO evaluation").COCOeval
-
-    scores: dict[str, dict[str, float]] = {}
+    _, COCO, COCOeval = _pycocotools()
+    drop = {"bbox": ("segmentation", "keypoints"), "segm": ("bbox", "keypoints"), "keypoints": ("segmentation",)}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports with print()
         gt = COCO()
         gt.dataset = copy.deepcopy(ground_truth)
         gt.createIndex()
-        for iou_type in iou_types:
-            if not results:
-                scores[iou_type] = {name: 0.0 for name in STATS}
-                continue
-            # Each evaluation sees only its own geometry: loadRes would otherwise take the
-            # box area for segm records too (detectron2 drops the other key the same way).
-            drop = "segmentation" if iou_type == "bbox" else "bbox"
-            dt = gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in copy.deepcopy(results)])
-            evaluator = COCOeval(gt, dt, iouType=iou_type)
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-            scores[iou_type] = {name: (math.nan if v < 0 else float(v)) for name, v in zip(STATS, evaluator.stats)}
+        if results:
+            dt = gt.loadRes([{k: v for k, v in r.items() if k not in drop[iou_type]} for r in copy.deepcopy(results)])
+        else:
+            dt = COCO()
+            dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+            dt.createIndex()
+        evaluator = COCOeval(gt, dt, iouType=iou_type)
+        if iou_type == "keypoints":
+            if sigmas is not None:
+                evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        else:
+            evaluator.params.maxDets = [1, 10, max_detections]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def _stats(evaluator, iou_type: str) -> dict[str, float]:
+    names = KEYPOINT_STATS if iou_type == "keypoints" else STATS
+    return {name: (math.nan if v < 0 else float(v)) for name, v in zip(names, evaluator.stats)}
+
+
+def coco_evaluate(ground_truth: dict, results: list[dict], *, iou_types: tuple[str, ...] = ("bbox", "segm"),
+                  sigmas: Sequence[float] | None = None) -> dict[str, dict[str, float]]:
+    """``{"bbox": {AP, AP50, ...}, "segm": {...}}`` (and ``"keypoints": {AP, AP50, AP75, APm, APl}``,
+    OKS AP with per-keypoint ``sigmas``, when asked) from pycocotools' COCOeval (:func:`_cocoeval`).
+
+    Values are in 0..1; NaN where COCO reports -1 (no ground truth in that size range).
+    With no detections at all every AP is 0.
+    """
+    scores: dict[str, dict[str, float]] = {}
+    for iou_type in iou_types:
+        if not results:
+            scores[iou_type] = {name: 0.0 for name in (KEYPOINT_STATS if iou_type == "keypoints" else STATS)}
+            continue
+        scores[iou_type] = _stats(_cocoeval(ground_truth, results, iou_type, sigmas=sigmas), iou_type)
     return scores

@@ -225,6 +225,11 @@ class MaskRCNN(nn.Module):
             if targets is None:
                 raise ValueError("Mask R-CNN in training mode needs targets (boxes, labels, masks per image); "
                                  "call model.eval() for inference")
+            points = self.config["num_keypoints"]
+            if points > 0 and any("keypoints" not in t for t in targets):
+                raise ValueError(f"this Mask R-CNN has a {points}-keypoint branch, so every training target needs "
+                                 f"'keypoints' (K, {points}, 3) [x, y, visibility]; use a dataset with keypoints "
+                                 f"(coco_keypoints, synthetic_instances with keypoints: true) or num_keypoints=0")
             return self.detector(images, [_model_target(t) for t in targets])
         return [Instances(boxes=d["boxes"], labels=d["labels"], scores=d["scores"], masks=d["masks"][:, 0],
                           keypoints=d.get("keypoints"), keypoint_scores=d.get("keypoints_scores"))

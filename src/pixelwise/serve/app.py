@@ -96,6 +96,9 @@ def model_card(segmenter: Segmenter | InstanceSegmenter, limits: ServeLimits,
         card["memory"] = budget.describe()
     if task == "instance":  # the detector resizes every image itself: short side min_size, long side <= max_size
         card["input"]["resize"] = {"min_size": config.get("min_size"), "max_size": config.get("max_size")}
+        keypoints = (segmenter.config.get("data") or {}).get("keypoints")
+        if keypoints:  # what each instance's "keypoints" [x, y, score] * P means
+            card["keypoints"] = {"names": keypoints["names"], "skeleton": keypoints.get("skeleton", [])}
     return card
 
 

@@ -46,6 +46,7 @@ class InstanceResult:
         scores: ``(D,)`` float32 confidences.
         class_names: the ``C`` class names (index 0 is the background).
         palette: ``(K, 3)`` uint8 class colours of the label map.
+        keypoints: ``(D, P, 3)`` float32 ``x, y, score`` per keypoint (a keypoint model), else None.
     """
 
     labels: np.ndarray
@@ -55,6 +56,7 @@ class InstanceResult:
     scores: np.ndarray
     class_names: list[str]
     palette: np.ndarray
+    keypoints: np.ndarray | None = None
 
 
 class InstanceSegmenter:
@@ -111,10 +113,14 @@ class InstanceSegmenter:
         labels = instances_to_semantic(det.masks, det.labels, det.scores, score_threshold=score_threshold,
                                        mask_threshold=self.mask_threshold)
         keep = det.scores >= score_threshold
+        keypoints = None
+        if det.keypoints is not None:
+            keypoints = torch.cat([det.keypoints[keep][..., :2].float(), det.keypoint_scores[keep][..., None].float()],
+                                  dim=-1).cpu().numpy()
         return InstanceResult(labels=labels.cpu().numpy(), masks=(det.masks[keep] > self.mask_threshold).cpu().numpy(),
                               boxes=det.boxes[keep].cpu().numpy(), classes=det.labels[keep].cpu().numpy(),
                               scores=det.scores[keep].cpu().numpy(), class_names=self.class_names,
-                              palette=self.palette)
+                              palette=self.palette, keypoints=keypoints)
 
     def __repr__(self) -> str:
         name = getattr(self.model, "config", {}).get("name", type(self.model).__name__)
@@ -123,8 +129,9 @@ class InstanceSegmenter:
 
 def instance_items(result: InstanceResult) -> list[dict[str, Any]]:
     """The detections as JSON records: class, score, ``box`` ``[x1, y1, x2, y2]``, mask ``area``,
-    a display ``color`` and the mask as COCO RLE (``{"size": [H, W], "counts": str}``, which
-    ``pycocotools.mask.decode`` reads once ``counts`` is encoded to bytes)."""
+    a display ``color``, the mask as COCO RLE (``{"size": [H, W], "counts": str}``, which
+    ``pycocotools.mask.decode`` reads once ``counts`` is encoded to bytes) and, for a keypoint
+    model, ``keypoints`` ``[x1, y1, score1, ...]`` (the model card's ``keypoints.names`` order)."""
     if len(result.masks) == 0:
         return []
     encoded = coco_rle(result.masks)
@@ -138,4 +145,6 @@ def instance_items(result: InstanceResult) -> list[dict[str, Any]]:
                       "score": float(score), "box": [float(v) for v in box], "area": int(mask.sum()),
                       "color": "#" + "".join(f"{int(c):02x}" for c in colours[i]),
                       "rle": rle})
+        if result.keypoints is not None:
+            items[-1]["keypoints"] = [float(v) for v in result.keypoints[i].ravel()]
     return items

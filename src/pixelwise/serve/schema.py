@@ -63,6 +63,7 @@ class InstanceItem(BaseModel):
     area: int
     color: str
     rle: MaskRle
+    keypoints: list[float] | None = None  # [x1, y1, score1, ...], keypoint models only
 
 
 class SegmentResponse(BaseModel):

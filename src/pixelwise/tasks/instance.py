@@ -1,8 +1,10 @@
 """The instance segmentation task (Mask R-CNN): what differs from other tasks and nothing else.
 
 Build the network from a config, the dataset of a split with its transform, the class
-names, the saved-model metadata, and COCO box + mask AP evaluation. The training loop in
-:mod:`pixelwise.train.instance` and prediction in :mod:`pixelwise.infer.instance` use these.
+names, the saved-model metadata, and COCO box + mask AP evaluation (+ OKS keypoint AP for a
+model with a keypoint branch, ``model.args.num_keypoints > 0``, on a dataset whose
+``keypoint_spec`` names its keypoints). The training loop in :mod:`pixelwise.train.loop` and
+prediction in :mod:`pixelwise.infer.instance` use these.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from .. import config as config_mod
 from ..config import ExperimentCfg
 from ..data import EpochSeeded
 from ..data.instances import InstanceTransform, instance_collate
+from ..data.keypoints import KeypointSpec
 from ..errors import ConfigError
 from ..hub import load_model, read_config
-from ..metrics.coco import STATS, coco_evaluate, coco_ground_truth, coco_results
+from ..metrics.coco import KEYPOINT_STATS, STATS, coco_evaluate, coco_ground_truth, coco_results
 from ..models.maskrcnn import create_instance_model
 from ..registry import DATASETS, INSTANCE_MODELS, TASKS, lookup, register
 from ..runtime import autocast
@@ -82,12 +85,26 @@ def load_instance_model(folder: str | Path, *, device: str | torch.device = "cpu
     return load_model(folder, device=device)
 
 
-def instance_meta(cfg: ExperimentCfg, names: list[str]) -> dict[str, Any]:
-    """What a saved instance model records besides its weights (task, classes, normalisation, config)."""
-    return {"task": "instance",
-            "data": {"num_classes": cfg.data.num_classes, "class_names": names, "mean": cfg.data.mean,
-                     "std": cfg.data.std},
-            "experiment": config_mod.to_dict(cfg)}
+def instance_meta(cfg: ExperimentCfg, names: list[str], keypoints: KeypointSpec | None = None) -> dict[str, Any]:
+    """What a saved instance model records besides its weights (task, classes, normalisation, the
+    keypoint set's names / sigmas / flip maps / skeleton, config)."""
+    data = {"num_classes": cfg.data.num_classes, "class_names": names, "mean": cfg.data.mean, "std": cfg.data.std}
+    if keypoints is not None:
+        data["keypoints"] = keypoints.to_dict()
+    return {"task": "instance", "data": data, "experiment": config_mod.to_dict(cfg)}
+
+
+def check_keypoints(num_keypoints: int, spec: KeypointSpec | None, dataset: str) -> None:
+    """A keypoint model needs a dataset with that many keypoints, and a keypoint dataset a keypoint model."""
+    if num_keypoints > 0 and spec is None:
+        raise ConfigError(f"model.args.num_keypoints is {num_keypoints} but data.dataset {dataset!r} has no keypoints; "
+                          f"set data.args.keypoints: true (synthetic_instances, 5 per shape), use dataset "
+                          f"coco_keypoints (COCO person_keypoints files), or remove model.args.num_keypoints")
+    if spec is not None and num_keypoints != spec.count:
+        raise ConfigError(f"data.dataset {dataset!r} has {spec.count} keypoints {spec.names} but "
+                          f"model.args.num_keypoints is {num_keypoints}; set model.args.num_keypoints: {spec.count}"
+                          + (" (or train masks only with dataset coco_instances / without data.args.keypoints)"
+                             if num_keypoints == 0 else ""))
 
 
 def _gather(ground_truth: dict, results: list[dict]) -> tuple[dict, list[dict]]:
@@ -110,16 +127,20 @@ def _gather(ground_truth: dict, results: list[dict]) -> tuple[dict, list[dict]]:
 @torch.no_grad()
 def evaluate_instances(model: nn.Module, loader: DataLoader, *, class_names: list[str],
                        device: torch.device | str = "cpu", amp: str = "none", mask_threshold: float = 0.5,
-                       progress: bool = True) -> dict[str, dict[str, float]]:
+                       progress: bool = True, keypoint_sigmas: list[float] | None = None
+                       ) -> dict[str, dict[str, float]]:
     """COCO box and mask AP of ``model`` on ``loader`` (batches from ``instance_collate``).
 
-    Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}}``. Under
+    Returns ``{"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}}``, plus
+    ``"keypoints": {AP, AP50, AP75, APm, APl}`` (OKS AP with ``keypoint_sigmas``) when
+    ``keypoint_sigmas`` is given, the model predicts keypoints and the targets carry them. Under
     torch.distributed each process scores its shard and the COCO evaluation sees them all.
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     targets, sizes, results = [], [], []
+    with_keypoints = keypoint_sigmas is not None and int(getattr(model, "config", {}).get("num_keypoints", 0)) > 0
     for images, batch_targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
         with autocast(device, amp):
             outputs = model([image.to(device) for image in images])
@@ -128,19 +149,24 @@ def evaluate_instances(model: nn.Module, loader: DataLoader, *, class_names: lis
             target = {**target, "image_id": len(targets) + 1}
             targets.append(target)
             sizes.append(tuple(image.shape[-2:]))
+            with_keypoints = with_keypoints and "keypoints" in target
             results += coco_results(target["image_id"], out.boxes.float(), out.labels, out.scores.float(),
-                                    out.masks.float(), mask_threshold=mask_threshold)
+                                    out.masks.float(), mask_threshold=mask_threshold,
+                                    keypoints=out.keypoints.float() if with_keypoints else None,
+                                    keypoint_scores=out.keypoint_scores.float() if with_keypoints else None)
     model.train(was_training)
     ground_truth, results = _gather(coco_ground_truth(targets, sizes, class_names), results)
-    return coco_evaluate(ground_truth, results)
+    iou_types = ("bbox", "segm", "keypoints") if with_keypoints else ("bbox", "segm")
+    return coco_evaluate(ground_truth, results, iou_types=iou_types, sigmas=keypoint_sigmas)
 
 
 def format_scores(scores: dict[str, dict[str, float]]) -> str:
     """A small text table: one row per IoU type, one column per COCO statistic."""
-    lines = [f"{'':6s}" + "".join(f"{name:>8s}" for name in STATS)]
-    for iou_type, label in (("bbox", "box"), ("segm", "mask")):
+    lines = [f"{'':9s}" + "".join(f"{name:>8s}" for name in STATS)]
+    for iou_type, label in (("bbox", "box"), ("segm", "mask"), ("keypoints", "keypoint")):
         if iou_type in scores:
-            lines.append(f"{label:6s}" + "".join(f"{scores[iou_type][name]:8.4f}" for name in STATS))
+            lines.append(f"{label:9s}" + "".join(f"{scores[iou_type][name]:8.4f}" if name in scores[iou_type]
+                                                 else f"{'-':>8s}" for name in STATS))
     return "\n".join(lines)
 
 
@@ -148,25 +174,40 @@ def format_scores(scores: dict[str, dict[str, float]]) -> str:
 class InstanceTask:
     """Instance segmentation (Mask R-CNN) for :mod:`pixelwise.train.loop`. ``train.loss`` is not
     used: Mask R-CNN sums its own losses (RPN objectness and box, classifier, box, mask), which
-    are the logged terms (``loss_classifier``, ``loss_mask``, ...). Validation is COCO box and
-    mask AP; ``best/`` keeps the highest mask AP."""
+    are the logged terms (``loss_classifier``, ``loss_mask``, ``loss_keypoint``, ...). Validation is
+    COCO box and mask AP (+ OKS keypoint AP, columns ``keypoint_AP``, ...); ``best/`` keeps the
+    highest mask AP."""
 
     name = "instance"
     best_key = "best_mask_ap"
-    score_columns = tuple(f"{kind}_{k}" for kind in ("box", "mask") for k in STATS)
     collate = staticmethod(instance_collate)
 
     def __init__(self, cfg: ExperimentCfg) -> None:
         self.cfg = cfg
         self._names: list[str] | None = None
+        self._keypoints: tuple[KeypointSpec | None] | None = None  # (spec,) once a dataset was built
+        self.num_keypoints = int(cfg.model.args.get("num_keypoints", 0) or 0)
+        columns = [f"{kind}_{k}" for kind in ("box", "mask") for k in STATS]
+        if self.num_keypoints > 0:
+            columns += [f"keypoint_{k}" for k in KEYPOINT_STATS]
+        self.score_columns = tuple(columns)
+
+    def keypoint_spec(self) -> KeypointSpec | None:
+        """The dataset's keypoint set (names, OKS sigmas, flip maps), or None without keypoints."""
+        if self._keypoints is None:
+            self.dataset(self.cfg.data.val_split, train=False)
+        return self._keypoints[0]
 
     def build_model(self) -> nn.Module:
+        check_keypoints(self.num_keypoints, self.keypoint_spec(), self.cfg.data.dataset)
         return build_instance_model(self.cfg)
 
     def dataset(self, split: str, *, train: bool) -> Dataset:
         dataset = build_instance_dataset(self.cfg, split, train=train)
         if self._names is None:
             self._names = instance_class_names(self.cfg, dataset)
+        if self._keypoints is None:
+            self._keypoints = (getattr(dataset, "keypoint_spec", None),)
         return dataset
 
     def datasets(self) -> tuple[Dataset, Dataset]:
@@ -190,14 +231,16 @@ class InstanceTask:
 
     def evaluate(self, model: nn.Module, loader: DataLoader, *, device: torch.device, amp: str = "none",
                  channels_last: bool = False, progress: bool = True) -> Evaluation:
+        spec = self.keypoint_spec()
         scores = evaluate_instances(model, loader, class_names=self.class_names(), device=device, amp=amp,
-                                    progress=progress)
+                                    progress=progress, keypoint_sigmas=spec.sigmas if spec is not None else None)
         columns = {f"box_{k}": v for k, v in scores["bbox"].items()}
         columns.update({f"mask_{k}": v for k, v in scores["segm"].items()})
+        columns.update({f"keypoint_{k}": v for k, v in scores.get("keypoints", {}).items()})
         return Evaluation(scores=columns, best=scores["segm"]["AP"], details=scores)
 
     def model_meta(self) -> dict[str, Any]:
-        return instance_meta(self.cfg, self.class_names())
+        return instance_meta(self.cfg, self.class_names(), self.keypoint_spec())
 
     def class_names(self) -> list[str]:
         if self._names is None:
