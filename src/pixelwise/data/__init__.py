@@ -18,6 +18,7 @@ from . import camvid as _camvid  # registers "camvid"
 from . import cityscapes as _cityscapes  # registers "cityscapes"
 from . import coco as _coco  # registers "coco"
 from . import coco_instances as _coco_instances  # noqa: F401 - registers "coco_instances"
+from . import coco_panoptic as _coco_panoptic  # registers "coco_panoptic"
 from . import folder as _folder  # noqa: F401 - registers "folder"
 from . import instances as _instances  # noqa: F401 - registers "synthetic_instances"
 from . import kitti as _kitti  # registers "kitti_road"
@@ -88,6 +89,8 @@ def class_names(cfg: DataCfg) -> list[str]:
         return list(_synthetic.CLASS_NAMES)
     if cfg.dataset == "coco":
         return _coco.coco_class_names(cfg)
+    if cfg.dataset == "coco_panoptic":
+        return _coco_panoptic.panoptic_class_names(cfg)
     if cfg.dataset == "volume" and (names := _volume.volume_class_names(cfg)) is not None:
         return names
     standard = {"voc": _voc.class_names, "voc_aug": _voc.class_names, "sbd": _voc.class_names,
