@@ -178,6 +178,23 @@ def test_model_that_cannot_be_dynamic_falls_back_to_static_and_says_so(tmp_path)
         runner(torch.randn(2, 3, 32, 24))
 
 
+def test_segformer_exports_dynamically_above_its_attention_minimum(tmp_path):
+    """SegFormer's key/value reductions keep 2x2 tokens from 61 px up: the dynamic file declares that
+    minimum and matches PyTorch at sizes the trace never saw, odd ones included."""
+    torch.manual_seed(0)
+    model = create_model("segformer", num_classes=3, encoder="mit_b0", decoder_channels=32).eval()
+    report = export_onnx(model, tmp_path / "segformer.onnx", height=64, width=64, verbose=False)
+    assert report.dynamic and report.note == "" and report.min_size == 61
+    for shape in [(1, 3, 61, 90), (2, 3, 67, 93), (1, 3, 128, 96)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        out = run_onnx(tmp_path / "segformer.onnx", x)
+        assert out.shape == expected.shape and np.abs(out - expected).max() < 1e-4
+    with pytest.raises(ConfigError, match=">= 61"):
+        export_onnx(model, tmp_path / "small.onnx", height=48, width=64, verbose=False)
+
+
 def test_dynamic_export_refuses_a_trace_size_below_the_stride(tmp_path):
     with pytest.raises(ConfigError, match=">= 9"):
         export_onnx(tiny("unet"), tmp_path / "x.onnx", height=8, width=64, verbose=False)

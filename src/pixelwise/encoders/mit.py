@@ -166,6 +166,7 @@ class MixTransformer(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out_channels: list[int] = list(dims)
         self.reductions: list[int] = [4, 8, 16, 32]
+        self.min_input_size = _min_side(ratios)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = []
@@ -201,3 +202,19 @@ def _register(size: str) -> None:
 
 for _size in MIT_SIZES:
     _register(_size)
+
+
+def _min_side(ratios: list[int]) -> int:
+    """Smallest image side at which every key/value reduction keeps at least 2x2 tokens.
+
+    Smaller images work (the grid is padded up to the ratio), but a 1-token side is a size that
+    torch.export specialises on, so a dynamic ONNX export declares this as its minimum size."""
+    for side in range(1, 4096):
+        size, ok = (side - 1) // 4 + 1, True  # stage 1: 7x7 conv, stride 4, padding 3
+        for i, ratio in enumerate(ratios):
+            if i:
+                size = (size - 1) // 2 + 1  # 3x3 conv, stride 2, padding 1
+            ok = ok and (ratio == 1 or size >= 2 * ratio)
+        if ok:
+            return side
+    return 4096

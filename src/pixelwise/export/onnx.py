@@ -217,6 +217,8 @@ def _prepare(model: nn.Module, *, height: int, width: int, dynamic: bool, pipeli
         raise ConfigError(f"height and width must be positive, got {height}x{width}")
     stride, mode = stride_of(model)
     min_size = stride + 1 if stride > 1 else 2
+    # A part may need more (SegFormer's attention reductions): it says so as min_input_size.
+    min_size = max([min_size] + [int(getattr(m, "min_input_size", 0)) for m in model.modules()])
     if dynamic and min(height, width) < min_size:
         raise ConfigError(f"a dynamic export traces at height x width = {height}x{width}, but this model "
                           f"(stride {stride}) needs both >= {min_size}; pass a larger --height/--width "

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 
 @dataclass
@@ -76,7 +77,10 @@ class SegmentationModel(nn.Module):
 
 
 def _resize_crop(y: Tensor, padded_size, h: int, w: int, align_corners: bool = False) -> Tensor:
-    # Resize to the padded size, not the input size, so the crop stays pixel-aligned.
-    if tuple(y.shape[-2:]) != tuple(padded_size):
+    # Resize to the padded size, not the input size, so the crop stays pixel-aligned. Asked as
+    # "provably equal?" so that torch.export, which cannot always decide a symbolic comparison
+    # (SegFormer's 1/4-size head), resizes rather than specialising the graph to one input size.
+    same = statically_known_true(y.shape[-2] == padded_size[0]) and statically_known_true(y.shape[-1] == padded_size[1])
+    if not same:
         y = F.interpolate(y, size=tuple(padded_size), mode="bilinear", align_corners=align_corners)
     return y[..., :h, :w]
