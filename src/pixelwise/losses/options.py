@@ -141,7 +141,7 @@ class LossOptions:
             f.name: getattr(self, f.name)
             for f in fields(self)
             if f.name not in skip
-            and (getattr(self, f.name) is not None or f.name in ("ignore_index", "classes"))
+            and (getattr(self, f.name) is not None or f.name == "ignore_index")
         }
         shown.update(extra)
         return ", ".join(f"{name}={value!r}" for name, value in shown.items())
