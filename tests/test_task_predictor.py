@@ -56,12 +56,12 @@ def test_binary_predictor_names_background_and_the_class():
 def test_instance_predictor_from_the_model_and_from_its_folder_agree(tmp_path):
     torch.manual_seed(0)
     cfg = config.from_dict({"model": {"name": "maskrcnn", "encoder": "test_resnet", "args": TINY_MASKRCNN},
-                            "data": {"dataset": "synthetic_instances", "num_classes": 3, "crop_size": 64,
-                                     "class_names": ["background", "disc", "square"]}})
+                            "data": {"dataset": "synthetic_instances", "num_classes": 5, "crop_size": 64}})
     task = build_task(cfg)
     model = task.build_model().eval()
     in_memory = task.predictor(model)
-    assert isinstance(in_memory, InstancePredictor) and in_memory.class_names == ["background", "disc", "square"]
+    assert isinstance(in_memory, InstancePredictor) and in_memory.class_names == task.class_names()
+    assert in_memory.class_names[0] == "background" and len(in_memory.class_names) == 5
     save_model(model, tmp_path / "m", task.model_meta())
     from_folder = task.predictor(tmp_path / "m")
     image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
