@@ -16,6 +16,9 @@ INSTANCE_MODELS: dict[str, Callable] = {}
 TASKS: dict[str, Callable] = {}
 # Losses on a model's boundary output (SegmentationOutput.boundary): name -> loss function.
 BOUNDARY_LOSSES: dict[str, Callable] = {}
+# The inference object of each task (pixelwise.infer), what Task.predictor returns: task name ->
+# class with from_pretrained(folder, **options) and from_model(model, meta, **options).
+PREDICTORS: dict[str, Callable] = {}
 # Inference backends other than PyTorch: name -> (model, model folder) -> ModelFn (pixelwise.export).
 BACKENDS: dict[str, Callable] = {}
 

@@ -22,7 +22,6 @@ from typing import Callable
 import numpy as np
 
 from ..errors import DataError
-from ..registry import DATASETS, register
 from .io import read_mask
 from .pairs import (
     PairedDataset,
@@ -32,6 +31,7 @@ from .pairs import (
     require_dir,
     require_root,
 )
+from .reader import reader
 
 __all__ = ["CLASS_NAMES", "class_names", "build_ade20k"]
 
@@ -75,7 +75,7 @@ def _decode(path: Path, *, reduce_zero_label: bool, ignore_index: int) -> np.nda
     return np.where(label == 0, ignore_index, label - 1)
 
 
-@register(DATASETS, "ade20k")
+@reader("ade20k", class_names=class_names)
 def build_ade20k(cfg, split: str, *, train: bool, transform: Callable | None) -> PairedDataset:
     """ADE20K ``split`` (train/val) with label 0 handled by ``args.reduce_zero_label``."""
     reduce_zero_label = _reduce(cfg)

@@ -33,7 +33,6 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..registry import DATASETS, register
 from .io import read_image, read_mask
 from .pairs import (
     PairedDataset,
@@ -45,6 +44,7 @@ from .pairs import (
     require_dir,
     require_root,
 )
+from .reader import reader
 
 __all__ = ["SEGNET_CLASSES", "FULL_COLORS", "class_names", "read_label_colors", "build_camvid"]
 
@@ -154,7 +154,7 @@ def _full_items(root: Path, split: str) -> list[tuple[Path, Path, str]]:
     return [(images / f"{s}.png", labels / f"{s}_L.png", s) for s in stems]
 
 
-@register(DATASETS, "camvid")
+@reader("camvid", class_names=class_names)
 def build_camvid(cfg, split: str, *, train: bool, transform: Callable | None) -> PairedDataset:
     """CamVid ``split``: train/val/test/trainval (11 classes) or a ``ROOT/<split>.txt`` list / ``all`` (32)."""
     classes, keep_void, unknown = _options(cfg)

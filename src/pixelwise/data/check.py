@@ -18,8 +18,11 @@ A dataset reader takes part through a small protocol (any object with these):
   (``items[index][:2]``, as :class:`~pixelwise.data.pairs.PairedDataset` keeps them, works too);
 - optionally ``unmatched() -> {"images_without_mask": [...], "masks_without_image": [...]}``.
 
-Folder layouts (``data.dataset: folder``) are scanned here directly, because
+Readers that declare ``folder_layout`` (:class:`~pixelwise.data.reader.Reader`; the
+``folder`` reader does) are scanned here directly, because
 :class:`~pixelwise.data.folder.FolderDataset` refuses to build on unmatched images.
+Readers that declare ``preflight=False`` (generated or 3D data) are skipped by
+:func:`preflight`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ..config import DataCfg
 from ..errors import ConfigError, DataError
 from .check_report import CheckReport, PairStats, Problem, RawStats, SplitReport
 from .folder import IMAGE_SUFFIXES, MASK_SUFFIXES, RAW_IMAGE_SUFFIXES
+from .reader import get_reader
 
 __all__ = ["check_dataset", "check_split", "inspect_pair", "analyse_pair", "scan_folder", "PairStats", "CheckReport",
            "SplitReport", "Problem"]
@@ -234,9 +238,9 @@ def check_split(cfg: DataCfg, split: str, *, workers: int = 0) -> SplitReport:
     """Check one split of the dataset ``cfg`` describes (see :func:`check_dataset`)."""
     report = SplitReport(split=split, num_classes=cfg.num_classes, ignore_index=cfg.ignore_index)
     k, ignore = cfg.num_classes, cfg.ignore_index
-    if cfg.dataset == "folder":
+    if get_reader(cfg.dataset).folder_layout:
         if cfg.root is None:
-            raise ConfigError("data.dataset is 'folder' but data.root is not set; set data.root "
+            raise ConfigError(f"data.dataset is {cfg.dataset!r} but data.root is not set; set data.root "
                               "(or --set data.root=...)")
         mode = getattr(cfg, "image_mode", "rgb")
         pairs, problems = scan_folder(Path(cfg.root) / split, mode)
@@ -333,8 +337,8 @@ def preflight(cfg, *, workers: int | None = None) -> CheckReport | None:
     Returns the report (None for generated datasets and readers the checker cannot read raw);
     raises :class:`DataError` listing the errors, each with its file and fix."""
     data = cfg.data if hasattr(cfg, "data") else cfg
-    if data.dataset in ("synthetic", "volume"):
-        return None  # generated from a seed, or 3D volumes (the checker reads 2D image/mask pairs)
+    if not get_reader(data.dataset).preflight:
+        return None  # e.g. generated from a seed, or 3D volumes (the checker reads 2D image/mask pairs)
     try:
         report = check_dataset(cfg, workers=workers)
     except ConfigError as err:

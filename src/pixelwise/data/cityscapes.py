@@ -25,7 +25,6 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..registry import DATASETS, register
 from .io import read_mask
 from .pairs import (
     PairedDataset,
@@ -35,6 +34,7 @@ from .pairs import (
     require_dir,
     require_root,
 )
+from .reader import reader
 
 __all__ = ["CLASS_NAMES", "LABEL_TO_TRAIN", "class_names", "label_to_train_lut", "build_cityscapes"]
 
@@ -79,7 +79,7 @@ def _decode(path: Path, *, lut: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-@register(DATASETS, "cityscapes")
+@reader("cityscapes", class_names=class_names)
 def build_cityscapes(cfg, split: str, *, train: bool, transform: Callable | None) -> PairedDataset:
     """Cityscapes ``split`` (train, val, test; train_extra with gtCoarse) with labelIds mapped to trainIds."""
     check_args(cfg, "cityscapes", ("annotations",))

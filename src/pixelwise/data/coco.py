@@ -34,8 +34,8 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..optional import require
-from ..registry import DATASETS, register
 from .io import read_image
+from .reader import reader
 from .rle import coco_rle
 from .transforms import make_sample
 
@@ -309,7 +309,7 @@ def coco_class_names(cfg) -> list[str]:
     return CocoIndex(*_paths(cfg, cfg.val_split)).class_names
 
 
-@register(DATASETS, "coco")
+@reader("coco", class_names=coco_class_names)
 def build_coco(cfg, split: str, *, train: bool, transform: Callable | None) -> CocoSegmentation:
     """Registry builder for semantic COCO. ``data.args``: ``ann_file``, ``image_dir`` (templates
     with ``{split}``), ``crowd`` (ignore | label | background), ``skip_empty``."""

@@ -28,10 +28,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from ..registry import DATASETS, register
 from .coco import CocoIndex, _paths, _select
 from .instances import InstanceTransform
 from .keypoints import KeypointSpec
+from .reader import reader
 
 __all__ = ["CocoInstanceSamples", "coco_keypoint_spec"]
 
@@ -102,7 +102,7 @@ def _index(cfg, split: str, known: set[str], dataset: str, **paths: str) -> Coco
     return index
 
 
-@register(DATASETS, "coco_instances")
+@reader("coco_instances", preflight=False)
 def build_coco_instances(cfg, split: str, *, train: bool, transform: Callable | None) -> CocoInstanceSamples:
     """Registry builder (``cfg`` is a :class:`pixelwise.config.DataCfg`)."""
     index = _index(cfg, split, {"ann_file", "image_dir", "skip_empty"}, "coco_instances")
@@ -128,7 +128,7 @@ def coco_keypoint_spec(index: CocoIndex, *, sigmas: list | None = None, flip_pai
                               where=f"dataset coco_keypoints ({str(index.ann_file)!r})")
 
 
-@register(DATASETS, "coco_keypoints")
+@reader("coco_keypoints", preflight=False)
 def build_coco_keypoints(cfg, split: str, *, train: bool, transform: Callable | None) -> CocoInstanceSamples:
     """Registry builder: COCO instances with their ``keypoints`` (``cfg`` is a :class:`pixelwise.config.DataCfg`)."""
     index = _index(cfg, split, {"ann_file", "image_dir", "skip_empty", "keypoint_sigmas", "flip_pairs"},

@@ -28,8 +28,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..registry import DATASETS, register
 from .io import read_image
+from .reader import reader
 from .transforms import make_sample
 
 __all__ = ["PanopticIndex", "CocoPanopticSemantic", "panoptic_class_names"]
@@ -161,12 +161,10 @@ def panoptic_class_names(cfg) -> list[str]:
     return _index(cfg, cfg.val_split).class_names
 
 
-@register(DATASETS, "coco_panoptic")
+@reader("coco_panoptic", class_names=panoptic_class_names)
 def build_coco_panoptic(cfg, split: str, *, train: bool, transform: Callable | None) -> CocoPanopticSemantic:
     """Registry builder: COCO-format panoptic annotations as semantic masks. ``data.args``:
     ``ann_file``, ``png_dir``, ``image_dir`` (templates with ``{split}``), ``crowd`` (label | ignore)."""
     return CocoPanopticSemantic(_index(cfg, split), num_classes=cfg.num_classes, ignore_index=cfg.ignore_index,
                                 transform=transform, crowd=str(cfg.args.get("crowd", "label")))
 
-
-build_coco_panoptic.class_names = panoptic_class_names  # the reader names its classes (data.class_names)

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..registry import DATASETS, register
 from .intensity import IMAGE_MODES
 from .io import read_image, read_mask, read_raw_image
-from .transforms import make_sample
+from .labelled import LabelledDataset
+from .reader import reader
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 # data.image_mode: raw also reads NumPy arrays (H, W) / (H, W, C) saved with np.save.
@@ -38,12 +37,13 @@ def _by_stem(folder: Path, suffixes: frozenset[str], what: str) -> dict[str, Pat
     return found
 
 
-class FolderDataset(Dataset):
+class FolderDataset(LabelledDataset):
     """Images and masks in two folders, paired by file stem.
 
     Masks are index PNGs or palette PNGs (the palette index is the class). Pairing is
     checked when the dataset is built; image/mask sizes and label values are checked when
-    a sample is read, each failure naming the file and the fix.
+    a sample is read (by :class:`~pixelwise.data.labelled.LabelledDataset`), each failure
+    naming the file and the fix.
 
     Args:
         root: folder holding ``image_dir`` and ``mask_dir``.
@@ -58,6 +58,7 @@ class FolderDataset(Dataset):
     def __init__(self, root: str | Path, *, num_classes: int, ignore_index: int = 255,
                  transform: Callable | None = None, image_dir: str = "images", mask_dir: str = "masks",
                  image_mode: str = "rgb") -> None:
+        super().__init__(num_classes=num_classes, ignore_index=ignore_index, transform=transform)
         root = Path(root)
         if image_mode not in IMAGE_MODES:
             raise DataError(f"image_mode is {image_mode!r}; valid: {', '.join(IMAGE_MODES)}")
@@ -84,41 +85,26 @@ class FolderDataset(Dataset):
             warnings.warn(f"{len(orphans)} mask(s) in {str(masks_path)!r} have no image (e.g. {orphans[:5]}); "
                           f"they are not used", stacklevel=2)
         self.pairs = [(images[s], masks[s]) for s in images]
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read and check pair ``index``: image ``(H, W, 3)`` uint8 (raw: ``(H, W, C)`` as stored),
+    def files(self, index: int) -> tuple[Path, Path]:
+        return self.pairs[index]
+
+    def sample_name(self, index: int) -> str:
+        return self.pairs[index][0].stem
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pair ``index`` unchecked: image ``(H, W, 3)`` uint8 (raw: ``(H, W, C)`` as stored),
         mask ``(H, W)`` int64."""
         image_path, mask_path = self.pairs[index]
-        image, mask = self.read(image_path), read_mask(mask_path)
-        channels = getattr(self.transform, "channels", None)
-        if channels is not None and image.shape[2] != channels:
-            raise DataError(f"image {str(image_path)!r} has {image.shape[2]} channel(s) but the model's input takes "
-                            f"{channels} (data.mean/data.std have one value per channel); give every image the "
-                            f"same channels, or measure the statistics again with pixelwise check")
-        if image.shape[:2] != mask.shape:
-            raise DataError(f"mask {str(mask_path)!r} is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
-                            f"{str(image_path)!r} is {image.shape[1]}x{image.shape[0]}; masks must have their "
-                            f"image's size: re-export the mask or resize it with nearest-neighbour")
-        bad = ((mask >= self.num_classes) | (mask < 0)) & (mask != self.ignore_index)
-        if bad.any():
-            values = np.unique(mask[bad])[:10].tolist()
-            raise DataError(f"mask {str(mask_path)!r} has label(s) {values} but num_classes is {self.num_classes} "
-                            f"(labels 0..{self.num_classes - 1}, ignore_index {self.ignore_index}); "
-                            f"set num_classes or ignore_index, or fix the mask")
-        return image, mask
-
-    def __getitem__(self, index: int) -> dict:
-        image, mask = self.load(index)
-        return make_sample(image, mask, self.pairs[index][0].stem, self.transform)
+        return self.read(image_path), read_mask(mask_path)
 
 
-@register(DATASETS, "folder")
+# Class names come from data.class_names (or class_0..); the checker scans the layout itself,
+# since FolderDataset refuses to build on unmatched files.
+@reader("folder", raw_images=True, folder_layout=True)
 def build_folder(cfg, split: str, *, train: bool, transform: Callable | None) -> FolderDataset:
     """Registry builder: ``cfg.root/<split>/images`` + ``cfg.root/<split>/masks``."""
     if cfg.root is None:
@@ -127,5 +113,3 @@ def build_folder(cfg, split: str, *, train: bool, transform: Callable | None) ->
     return FolderDataset(Path(cfg.root) / split, num_classes=cfg.num_classes, ignore_index=cfg.ignore_index,
                          transform=transform, image_mode=getattr(cfg, "image_mode", "rgb"))
 
-
-build_folder.raw_images = True  # build_dataset: this reader takes data.image_mode: raw

@@ -27,8 +27,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from ..registry import DATASETS, register
 from .keypoints import KeypointSpec, flip_keypoints, mask_keypoints, move_keypoints, shape_keypoint_spec
+from .reader import reader
 from .synthetic import (
     _MIN_VISIBLE,
     CLASS_NAMES,
@@ -311,7 +311,7 @@ class SyntheticInstances(Dataset):
                 f"keypoints={self.keypoint_spec is not None})")
 
 
-@register(DATASETS, "synthetic_instances")
+@reader("synthetic_instances", preflight=False)
 def build_synthetic_instances(cfg, split: str, *, train: bool, transform: Callable | None) -> SyntheticInstances:
     """Registry builder (``cfg`` is a :class:`pixelwise.config.DataCfg`).
 

@@ -27,7 +27,6 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..registry import DATASETS, register
 from .io import read_image
 from .pairs import (
     PairedDataset,
@@ -39,6 +38,7 @@ from .pairs import (
     require_dir,
     require_root,
 )
+from .reader import reader
 
 __all__ = ["CLASS_NAMES", "CATEGORIES", "class_names", "build_kitti_road"]
 
@@ -62,7 +62,7 @@ def _decode(path: Path, *, ignore_index: int, unknown: int | None) -> np.ndarray
                                 "restore the original gt_image_2 file or set data.args.unknown_color: ignore")
 
 
-@register(DATASETS, "kitti_road")
+@reader("kitti_road", class_names=class_names)
 def build_kitti_road(cfg, split: str, *, train: bool, transform: Callable | None) -> PairedDataset:
     """KITTI Road ``split`` (train / val / trainval, a deterministic split of ``training/``)."""
     check_args(cfg, "kitti_road", ARGS)

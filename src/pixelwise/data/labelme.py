@@ -35,8 +35,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from ..registry import DATASETS, register
 from .pairs import arg, check_args, check_num_classes, deterministic_split, require_root
+from .reader import reader
 from .transforms import make_sample
 
 __all__ = ["LabelMeDataset", "class_names", "rasterize", "build_labelme"]
@@ -221,7 +221,7 @@ class LabelMeDataset(Dataset):
         return make_sample(image, mask, self.paths[index].stem, self.transform)
 
 
-@register(DATASETS, "labelme")
+@reader("labelme", class_names=class_names)
 def build_labelme(cfg, split: str, *, train: bool, transform: Callable | None) -> LabelMeDataset:
     """LabelMe ``split``: ``ROOT/<split>/*.json``, else a deterministic split of ``ROOT/*.json``."""
     classes = _classes(cfg)

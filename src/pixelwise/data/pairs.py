@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from .io import read_image
-from .transforms import make_sample
+from .labelled import LabelledDataset
 
 __all__ = ["PairedDataset", "require_dir", "require_root", "check_num_classes", "read_id_list",
            "deterministic_split", "colours_to_index", "arg", "check_args"]
@@ -136,8 +135,10 @@ def colours_to_index(rgb: np.ndarray, colours: np.ndarray, ids: np.ndarray, *, p
     return out
 
 
-class PairedDataset(Dataset):
+class PairedDataset(LabelledDataset):
     """Image/label pairs with a per-dataset label decoder; the reader behind every standard dataset.
+
+    Sizes and label ids are checked by :class:`~pixelwise.data.labelled.LabelledDataset`.
 
     Args:
         items: ``(image file, label file, name)`` triples, in dataset order.
@@ -153,9 +154,14 @@ class PairedDataset(Dataset):
     Each item is ``{"image": FloatTensor (3, H, W), "mask": LongTensor (H, W), "name": str}``.
     """
 
+    mask_word = "label"
+    size_fix = "the pair does not belong together or one file was resized: restore the original files"
+    label_fix = "the file is not from this dataset's official release, or data.num_classes is wrong"
+
     def __init__(self, items: Sequence[tuple[Path, Path, str]], *, decode: Callable[[Path], np.ndarray],
                  num_classes: int, ignore_index: int, transform: Callable | None, dataset: str, point_at: str,
                  read: Callable[[Path], np.ndarray] = read_image) -> None:
+        super().__init__(num_classes=num_classes, ignore_index=ignore_index, transform=transform, dataset=dataset)
         if not items:
             raise DataError(f"{dataset}: the split holds no images; data.root must be {point_at}")
         # Stat every file now (cheap) so a broken download fails before training starts, not hours in.
@@ -168,35 +174,17 @@ class PairedDataset(Dataset):
         self.items = list(items)
         self.decode = decode
         self.read = read
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.transform = transform
-        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def files(self, index: int) -> tuple[Path, Path]:
+        return self.items[index][0], self.items[index][1]
+
+    def sample_name(self, index: int) -> str:
+        return self.items[index][2]
 
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``index`` decoded but unchecked (for ``data.check``, which reports rather than raises)."""
         image_path, label_path, _ = self.items[index]
         return self.read(image_path), self.decode(label_path)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read and check item ``index``: image ``(H, W, 3)`` uint8, mask ``(H, W)`` int64."""
-        image_path, label_path, _ = self.items[index]
-        image, mask = self.load_raw(index)
-        if image.shape[:2] != mask.shape:
-            raise DataError(f"{self.dataset}: label {str(label_path)!r} is {mask.shape[1]}x{mask.shape[0]} (WxH) "
-                            f"but image {str(image_path)!r} is {image.shape[1]}x{image.shape[0]}; the pair does "
-                            f"not belong together or one file was resized: restore the original files")
-        bad = ((mask >= self.num_classes) | (mask < 0)) & (mask != self.ignore_index)
-        if bad.any():
-            values = np.unique(mask[bad])[:10].tolist()
-            raise DataError(f"{self.dataset}: label {str(label_path)!r} has id(s) {values} outside 0.."
-                            f"{self.num_classes - 1} (ignore_index {self.ignore_index}); the file is not from "
-                            f"this dataset's official release or data.num_classes is wrong")
-        return image, mask
-
-    def __getitem__(self, index: int) -> dict:
-        image, mask = self.load(index)
-        return make_sample(image, mask, self.items[index][2], self.transform)

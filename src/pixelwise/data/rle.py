@@ -31,9 +31,9 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..optional import require
-from ..registry import DATASETS, register
 from .folder import IMAGE_SUFFIXES
 from .io import read_image
+from .reader import reader
 from .transforms import make_sample
 
 __all__ = ["coco_rle", "rle_encode", "rle_decode", "RleCsvDataset", "in_holdout", "EMPTY_VALUES"]
@@ -257,7 +257,7 @@ def in_holdout(name: str, fraction: float) -> bool:
     return zlib.crc32(name.encode()) % 10_000 < round(fraction * 10_000)
 
 
-@register(DATASETS, "rle_csv")
+@reader("rle_csv")
 def build_rle_csv(cfg, split: str, *, train: bool, transform: Callable | None) -> RleCsvDataset:
     """Registry builder. ``data.args``: ``csv`` (default ``"{split}.csv"``), ``image_dir`` (default
     ``"{split}_images"``), ``id_column``, ``rle_column``, ``class_column``, ``order``, ``all_images``,

@@ -20,7 +20,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..registry import DATASETS, register
+from .reader import reader
 from .transforms import make_sample
 
 __all__ = ["SyntheticShapes", "CLASS_NAMES"]
@@ -209,7 +209,7 @@ class SyntheticShapes(Dataset):
         )
 
 
-@register(DATASETS, "synthetic")
+@reader("synthetic", class_names=CLASS_NAMES, preflight=False)
 def build_synthetic(cfg, split: str, *, train: bool, transform: Callable | None) -> SyntheticShapes:
     """Registry builder: the train split and every other split get disjoint seeds.
 

@@ -36,7 +36,6 @@ from typing import Callable
 import numpy as np
 
 from ..errors import DataError
-from ..registry import DATASETS, register
 from .io import read_mask
 from .pairs import (
     PairedDataset,
@@ -48,6 +47,7 @@ from .pairs import (
     require_dir,
     require_root,
 )
+from .reader import reader
 
 __all__ = ["CLASS_NAMES", "class_names", "build_voc", "build_voc_aug", "build_sbd", "read_sbd_mat", "build_labelme_voc",
            "labelme_voc_class_names"]
@@ -112,7 +112,7 @@ def read_sbd_mat(path: str | Path) -> np.ndarray:
     return segmentation.astype(np.int64)
 
 
-@register(DATASETS, "voc")
+@reader("voc", class_names=CLASS_NAMES)
 def build_voc(cfg, split: str, *, train: bool, transform: Callable | None) -> PairedDataset:
     """PASCAL VOC 2012 ``split`` (a file ``ImageSets/Segmentation/<split>.txt``) under ``cfg.root``."""
     check_args(cfg, "voc", ())
@@ -142,7 +142,7 @@ def _aug_split_file(root: Path, split: str) -> Path:
                     f"{AUG_ROOT}")
 
 
-@register(DATASETS, "voc_aug")
+@reader("voc_aug", class_names=CLASS_NAMES)
 def build_voc_aug(cfg, split: str, *, train: bool, transform: Callable | None) -> PairedDataset:
     """VOC 2012 + SBD as the merged ``SegmentationClassAug`` PNG folder (the DeepLab ``train_aug`` set)."""
     check_args(cfg, "voc_aug", ())
@@ -157,7 +157,7 @@ def build_voc_aug(cfg, split: str, *, train: bool, transform: Callable | None) -
                          transform=transform, dataset="voc_aug", point_at=AUG_ROOT)
 
 
-@register(DATASETS, "sbd")
+@reader("sbd", class_names=CLASS_NAMES)
 def build_sbd(cfg, split: str, *, train: bool, transform: Callable | None) -> PairedDataset:
     """SBD ``split`` (``train`` 8498 or ``val`` 2857 images) read from the original ``cls/*.mat`` files."""
     check_args(cfg, "sbd", ())
@@ -184,7 +184,7 @@ def labelme_voc_class_names(cfg) -> list[str]:
     return names
 
 
-@register(DATASETS, "labelme_voc")
+@reader("labelme_voc", class_names=labelme_voc_class_names)
 def build_labelme_voc(cfg, split: str, *, train: bool, transform: Callable | None) -> PairedDataset:
     """labelme2voc.py's output as it comes: JPEGImages/ + SegmentationClassPNG/ + class_names.txt."""
     check_args(cfg, "labelme_voc", ("val_fraction", "seed"))

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..optional import require
-from ..registry import DATASETS, register
+from .reader import reader
 from .rle import in_holdout
 from .transforms import pad_collate
 from .transforms3d import Augment3d, crop_or_pad, normalize_intensity, sample_patch
@@ -285,7 +285,7 @@ def volume_class_names(cfg) -> list[str] | None:
     return [names[i] for i in range(cfg.num_classes)]
 
 
-@register(DATASETS, "volume")
+@reader("volume", class_names=volume_class_names, preflight=False)
 def build_volume(cfg, split: str, *, train: bool, transform: Callable | None) -> VolumeDataset:
     """Registry builder (the 2D ``transform`` is not used: volumes have their own steps).
 

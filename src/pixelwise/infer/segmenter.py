@@ -30,7 +30,7 @@ from ..data.io import colorize, default_palette, overlay, read_image
 from ..errors import ConfigError, DataError
 from ..hub import load_model, resolve, save_model, split_provenance, write_card
 from ..postprocess.decision import activation, check_mode, labels_from_probs
-from ..registry import BACKENDS, lookup
+from ..registry import BACKENDS, PREDICTORS, lookup, register
 from ..remote import push
 from .runtime import model_function, normalize
 from .tta import TTA, predict_probs
@@ -97,6 +97,7 @@ def to_rgb(image: ImageLike) -> np.ndarray:
     raise DataError(f"image array has shape {image.shape}; expected (H, W) grey or (H, W, 3) RGB")
 
 
+@register(PREDICTORS, "semantic")  # the semantic task's predictor (Task.predictor)
 class Segmenter:
     """A segmentation model plus everything needed to turn images into label maps.
 
@@ -161,21 +162,33 @@ class Segmenter:
             raise ConfigError(f"backend={backend!r} is not known; use 'torch' or one of {', '.join(sorted(BACKENDS))}")
         folder = resolve(folder)
         model, config = load_model(folder, device=device)
-        data = config.get("data")
+        model_fn = None
+        if backend != "torch":
+            # Registered by pixelwise.export (imported with pixelwise): ONNX Runtime, its int8 file.
+            model_fn = lookup(BACKENDS, backend, "backend")(model, folder)
+        return cls.from_model(model, config, device=device, amp=amp, channels_last=channels_last,
+                              model_fn=model_fn, where=repr(str(folder / "config.json")))
+
+    @classmethod
+    def from_model(cls, model: nn.Module, meta: dict[str, Any], *, device: str | torch.device = "cpu",
+                   amp: str = "none", channels_last: bool = False, model_fn=None,
+                   where: str = "the model's meta") -> Segmenter:
+        """A model in memory (one just trained) with the ``meta`` a model folder records
+        besides its weights (:meth:`SemanticTask.model_meta
+        <pixelwise.tasks.semantic.SemanticTask.model_meta>`, or ``config.json``): its
+        ``data`` section gives the class names, preprocessing and mode. ``where`` names
+        ``meta``'s origin in the error for a missing ``data`` section."""
+        data = meta.get("data")
         if not data or "mean" not in data or "num_classes" not in data:
-            raise ConfigError(f"{str(folder / 'config.json')!r} has no 'data' section with num_classes, mean, std; "
+            raise ConfigError(f"{where} has no 'data' section with num_classes, mean, std; "
                               f"save the model with save_model(model, folder, meta={{'data': {{...}}}})")
         names = data.get("class_names") or [f"class_{i}" for i in range(data["num_classes"])]
         mode = data.get("mode", "multiclass")
         if mode == "binary" and len(names) == 1:
             names = ["background", names[0]]
-        model_fn = None
-        if backend != "torch":
-            # Registered by pixelwise.export (imported with pixelwise): ONNX Runtime, its int8 file.
-            model_fn = lookup(BACKENDS, backend, "backend")(model, folder)
-        meta = {k: v for k, v in config.items() if k != "model"}
-        return cls(model, mean=data["mean"], std=data["std"], class_names=names, palette=config.get("palette"),
-                   tile=config.get("tile"), device=device, amp=amp, channels_last=channels_last, config=meta,
+        rest = {k: v for k, v in meta.items() if k != "model"}
+        return cls(model, mean=data["mean"], std=data["std"], class_names=names, palette=meta.get("palette"),
+                   tile=meta.get("tile"), device=device, amp=amp, channels_last=channels_last, config=rest,
                    model_fn=model_fn, mode=mode, preprocessing=Preprocess.from_dict(data))
 
     def save_pretrained(self, folder: str | os.PathLike, *, model_card: bool = True, push_to_hub: bool = False,

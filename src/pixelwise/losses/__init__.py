@@ -1,8 +1,13 @@
 """Segmentation losses and :func:`build_loss`, which turns a config list into one module.
 
 Importing this package registers every loss in :data:`pixelwise.registry.LOSSES`.
-Every loss takes ``mode`` (``"binary"``, ``"multiclass"``, ``"multilabel"``) and
-``ignore_index``; see :mod:`pixelwise.losses._targets` for the tensor layouts.
+Every registered loss has one signature: ``Loss(mode="multiclass", *, ignore_index=255,
+...)``, ``mode`` (``"binary"``, ``"multiclass"``, ``"multilabel"``; positional too, as in
+smp) then keyword-only options. The options they share (``mode``, ``ignore_index``,
+``reduction``, ``classes``, ``class_weights``, ``smooth``, ``eps``) are checked once, by
+:class:`~pixelwise.losses.options.LossOptions`, kept as ``loss.options``; the tensor
+layouts are in :mod:`pixelwise.losses._targets`, and the region losses (Dice, IoU,
+Tversky, sensitivity-specificity) share one functional core, :mod:`pixelwise.losses.region`.
 
 Registered names (module, class):
 

@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import LOSSES, register
-from ._targets import check_mode, prepare
-from .ce import REDUCTIONS
+from .options import LossOptions
 
 
 def inside_distance(masks: np.ndarray, spacing: list[float] | None = None) -> np.ndarray:
@@ -79,7 +78,7 @@ def _apply(function, masks: Tensor, spacing: list[float] | None, like: Tensor) -
 
 
 def distance_inputs(
-    logits: Tensor, target: Tensor, *, mode: str, ignore_index: int | None, owner: str
+    logits: Tensor, target: Tensor, options: LossOptions
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(probs, truth_mask, valid)`` in the ``(N, K, *S)`` layout.
 
@@ -88,9 +87,8 @@ def distance_inputs(
     targets are thresholded at 0.5; ignored elements belong to no class); ``valid`` is a
     float mask, ``(N, 1, *S)`` except ``(N, C, *S)`` for multilabel.
     """
-    logits, target, valid = prepare(
-        logits, target, mode=mode, ignore_index=ignore_index, owner=owner
-    )
+    logits, target, valid = options.prepare(logits, target)
+    mode = options.mode
     if mode == "multiclass":
         probs = logits.softmax(dim=1)
         truth = F.one_hot(target, logits.shape[1]).movedim(-1, 1).bool()
@@ -103,7 +101,8 @@ def distance_inputs(
     return probs, truth & valid, valid.to(probs.dtype)
 
 
-def _check_spacing(spacing: list[float] | None, *, owner: str) -> None:
+def check_spacing(spacing: list[float] | None, *, owner: str) -> None:
+    """Fail unless ``spacing`` is None or one positive element size per spatial axis."""
     if spacing is not None and (len(spacing) == 0 or any(not s > 0 for s in spacing)):
         raise ConfigError(
             f"{owner}: spacing must be one positive element size per spatial axis, e.g. "
@@ -111,7 +110,8 @@ def _check_spacing(spacing: list[float] | None, *, owner: str) -> None:
         )
 
 
-def _check_spacing_rank(spacing: list[float] | None, spatial: tuple[int, ...], owner: str):
+def check_spacing_rank(spacing: list[float] | None, spatial: tuple[int, ...], owner: str) -> None:
+    """Fail when ``spacing`` does not have one entry per axis of ``spatial``."""
     if spacing is not None and len(spacing) != len(spatial):
         raise ValueError(
             f"{owner}: spacing {spacing} has {len(spacing)} entries but the input has "
@@ -119,49 +119,10 @@ def _check_spacing_rank(spacing: list[float] | None, spatial: tuple[int, ...], o
         )
 
 
-def _reduce(
-    per_element: Tensor, weight: Tensor, *, reduction: str
-) -> Tensor:
-    """``"none"``: ``per_element``; ``"sum"``: its sum; ``"mean"``: sum / sum(weight)."""
-    if reduction == "none":
-        return per_element
-    total = per_element.sum()
-    if reduction == "sum":
-        return total
-    # All ignored: total is exactly 0; dividing by 1 keeps it 0 and in the graph.
-    return total / weight.sum().clamp_min(1.0)
-
-
-def _class_selection(classes: list[int] | None, num_classes: int, like: Tensor, owner: str):
-    """``(1, K, 1, ...)`` 0/1 float mask of the chosen classes."""
-    shape = (1, num_classes, *([1] * (like.dim() - 2)))
-    if classes is None:
-        return torch.ones(shape, dtype=like.dtype, device=like.device)
-    if max(classes) >= num_classes:
-        raise ValueError(
-            f"{owner}: classes {classes} includes {max(classes)} but the logits have "
-            f"{num_classes} classes; fix classes or num_classes"
-        )
-    chosen = torch.zeros(num_classes, dtype=like.dtype, device=like.device)
-    chosen[list(classes)] = 1.0
-    return chosen.view(shape)
-
-
-def _check_classes(classes: list[int] | None, *, mode: str, owner: str) -> None:
-    if classes is None:
-        return
-    if len(classes) == 0 or any(
-        isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes
-    ):
-        raise ConfigError(
-            f"{owner}: classes must be a non-empty list of class indices >= 0 but got "
-            f"{classes!r}; use None for all classes"
-        )
-    if mode == "binary" and list(classes) != [0]:
-        raise ConfigError(
-            f"{owner}: mode='binary' has the single class 0 but classes is {classes!r}; "
-            f"use classes=None"
-        )
+def _chosen_weight(options: LossOptions, valid: Tensor, probs: Tensor) -> Tensor:
+    """``valid`` times the 0/1 mask of the chosen classes, expanded to ``probs`` ``(N, K, *S)``."""
+    chosen = options.class_selection(probs.shape[1], probs)
+    return (valid * chosen.view(1, -1, *([1] * (probs.dim() - 2)))).expand_as(probs)
 
 
 @register(LOSSES, "boundary")
@@ -200,8 +161,8 @@ class BoundaryLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         classes: list[int] | None = None,
         spacing: list[float] | None = None,
@@ -209,37 +170,24 @@ class BoundaryLoss(nn.Module):
     ) -> None:
         super().__init__()
         owner = "BoundaryLoss"
-        check_mode(mode, owner=owner)
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                f"{owner}: reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}"
-            )
-        _check_classes(classes, mode=mode, owner=owner)
-        _check_spacing(spacing, owner=owner)
-        self.mode = mode
-        self.ignore_index = ignore_index
-        self.classes = None if classes is None else list(classes)
+        self.options = LossOptions(
+            owner, mode=mode, ignore_index=ignore_index, reduction=reduction, classes=classes
+        )
+        check_spacing(spacing, owner=owner)
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.spacing = None if spacing is None else [float(s) for s in spacing]
-        self.reduction = reduction
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, ignore_index={self.ignore_index}, classes={self.classes}, "
-            f"reduction={self.reduction!r}"
-        )
+        return self.options.describe(spacing=self.spacing)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the loss: a scalar, or ``(N, K, *S)`` for ``reduction="none"``."""
-        owner = "BoundaryLoss"
-        probs, truth, valid = distance_inputs(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index, owner=owner
-        )
-        _check_spacing_rank(self.spacing, tuple(probs.shape[2:]), owner)
+        probs, truth, valid = distance_inputs(logits, target, self.options)
+        check_spacing_rank(self.spacing, tuple(probs.shape[2:]), self.options.owner)
         with torch.no_grad():
             phi = _apply(signed_distance, truth, self.spacing, like=probs)
-        weight = valid * _class_selection(self.classes, probs.shape[1], probs, owner)
-        weight = weight.expand_as(probs)
-        return _reduce(phi * probs * weight, weight, reduction=self.reduction)
+        weight = _chosen_weight(self.options, valid, probs)
+        return self.options.reduce(phi * probs * weight, weight)
 
 
 @register(LOSSES, "hausdorff")
@@ -271,8 +219,8 @@ class HausdorffDTLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         alpha: float = 2.0,
         classes: list[int] | None = None,
@@ -281,35 +229,23 @@ class HausdorffDTLoss(nn.Module):
     ) -> None:
         super().__init__()
         owner = "HausdorffDTLoss"
-        check_mode(mode, owner=owner)
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                f"{owner}: reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}"
-            )
+        self.options = LossOptions(
+            owner, mode=mode, ignore_index=ignore_index, reduction=reduction, classes=classes
+        )
         if not alpha > 0:
             raise ConfigError(f"{owner}: alpha must be > 0 but got {alpha!r}; the paper uses 2")
-        _check_classes(classes, mode=mode, owner=owner)
-        _check_spacing(spacing, owner=owner)
-        self.mode = mode
-        self.ignore_index = ignore_index
+        check_spacing(spacing, owner=owner)
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.alpha = float(alpha)
-        self.classes = None if classes is None else list(classes)
         self.spacing = None if spacing is None else [float(s) for s in spacing]
-        self.reduction = reduction
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, ignore_index={self.ignore_index}, alpha={self.alpha}, "
-            f"classes={self.classes}, reduction={self.reduction!r}"
-        )
+        return self.options.describe(alpha=self.alpha, spacing=self.spacing)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the loss: a scalar, or ``(N, K, *S)`` for ``reduction="none"``."""
-        owner = "HausdorffDTLoss"
-        probs, truth, valid = distance_inputs(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index, owner=owner
-        )
-        _check_spacing_rank(self.spacing, tuple(probs.shape[2:]), owner)
+        probs, truth, valid = distance_inputs(logits, target, self.options)
+        check_spacing_rank(self.spacing, tuple(probs.shape[2:]), self.options.owner)
         with torch.no_grad():
             if self.mode == "multiclass":
                 predicted = F.one_hot(probs.argmax(dim=1), probs.shape[1]).movedim(-1, 1).bool()
@@ -318,7 +254,6 @@ class HausdorffDTLoss(nn.Module):
             d_truth = _apply(boundary_distance, truth, self.spacing, like=probs)
             d_pred = _apply(boundary_distance, predicted, self.spacing, like=probs)
             distance_weight = d_truth**self.alpha + d_pred**self.alpha
-        weight = valid * _class_selection(self.classes, probs.shape[1], probs, owner)
-        weight = weight.expand_as(probs)
+        weight = _chosen_weight(self.options, valid, probs)
         squared_error = (probs - truth.to(probs.dtype)) ** 2
-        return _reduce(squared_error * distance_weight * weight, weight, reduction=self.reduction)
+        return self.options.reduce(squared_error * distance_weight * weight, weight)

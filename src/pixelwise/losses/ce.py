@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import LOSSES, register
-from ._targets import check_mode, prepare
+from .options import REDUCTIONS, LossOptions
 
-REDUCTIONS = ("mean", "sum", "none")
+__all__ = ["REDUCTIONS", "CrossEntropyLoss"]
 
 
 @register(LOSSES, "ce")
@@ -53,8 +53,8 @@ class CrossEntropyLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         class_weights: list[float] | None = None,
         pos_weight: float | None = None,
@@ -63,22 +63,11 @@ class CrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         owner = "CrossEntropyLoss"
-        check_mode(mode, owner=owner)
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                f"{owner}: reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}"
-            )
-        if class_weights is not None:
-            if mode != "multiclass":
-                raise ConfigError(
-                    f"{owner}: class_weights is for mode='multiclass' but mode is {mode!r}; "
-                    f"use pos_weight for binary/multilabel"
-                )
-            if len(class_weights) == 0 or any(not w >= 0 for w in class_weights):
-                raise ConfigError(
-                    f"{owner}: class_weights must be a non-empty list of numbers >= 0 "
-                    f"but got {class_weights!r}"
-                )
+        self.options = LossOptions(
+            owner, mode=mode, ignore_index=ignore_index, reduction=reduction,
+            class_weights=class_weights, weights_for=("multiclass",),
+            weights_hint="use pos_weight for binary/multilabel",
+        )
         if pos_weight is not None:
             if mode == "multiclass":
                 raise ConfigError(
@@ -96,17 +85,11 @@ class CrossEntropyLoss(nn.Module):
             raise ConfigError(
                 f"{owner}: label_smoothing must be in [0, 1) but got {label_smoothing!r}"
             )
-        self.mode = mode
-        self.ignore_index = ignore_index
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.label_smoothing = float(label_smoothing)
-        self.reduction = reduction
         # Buffers follow .to(device); non-persistent so they never enter a checkpoint,
         # the constructor arguments are the saved config.
-        self.register_buffer(
-            "class_weights",
-            None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32),
-            persistent=False,
-        )
+        self.register_buffer("class_weights", self.options.weight_buffer(), persistent=False)
         self.register_buffer(
             "pos_weight",
             None if pos_weight is None else torch.tensor(float(pos_weight)),
@@ -114,21 +97,14 @@ class CrossEntropyLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        return self.options.describe(label_smoothing=self.label_smoothing)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the loss: a scalar, or per element for ``reduction="none"``."""
-        logits, target, valid = prepare(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index,
-            owner="CrossEntropyLoss",
-        )
+        logits, target, valid = self.options.prepare(logits, target)
         weight = None if self.class_weights is None else self.class_weights.to(logits.dtype)
         if self.mode == "multiclass":
-            if weight is not None and weight.numel() != logits.shape[1]:
-                raise ValueError(
-                    f"CrossEntropyLoss: class_weights has {weight.numel()} entries but the "
-                    f"logits have {logits.shape[1]} classes; give one weight per class"
-                )
+            self.options.check_num_classes(logits.shape[1])
             loss = F.cross_entropy(
                 logits, target, weight=weight, reduction="none",
                 label_smoothing=self.label_smoothing,
@@ -138,19 +114,6 @@ class CrossEntropyLoss(nn.Module):
             loss = F.binary_cross_entropy_with_logits(
                 logits, target, pos_weight=pos_weight, reduction="none"
             )
-        loss = loss * valid
-
-        if self.reduction == "none":
-            return loss
-        total = loss.sum()
-        if self.reduction == "sum":
-            return total
-        if weight is not None:
-            denominator = (weight[target] * valid).sum()
-        else:
-            denominator = valid.sum().to(total.dtype)
-        # An all-ignored batch has total == 0 exactly; dividing by 1 keeps it 0 and in
-        # the graph. torch.where on the denominator (which needs no grad) avoids the
-        # NaN gradient that where(..., total / 0, ...) would leak.
-        denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-        return total / denominator
+        # The mean is weighted as F.cross_entropy weighs it: by the true class's weight.
+        counted = valid if weight is None else weight[target] * valid
+        return self.options.reduce(loss * valid, counted)

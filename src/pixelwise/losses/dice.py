@@ -3,12 +3,11 @@ Volumetric Medical Image Segmentation", 3DV 2016)."""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
 from ..registry import LOSSES, register
-from ._targets import check_mode, prepare
+from .options import LossOptions
+from .region import region_index, region_inputs, soft_counts
 
 
 @register(LOSSES, "dice")
@@ -23,7 +22,9 @@ class DiceLoss(nn.Module):
     or with ``squared=True`` the V-Net denominator ``sum(P_c^2) + sum(G_c^2) + smooth``.
     The denominator is clamped to at least ``eps`` so that ``smooth=0`` cannot divide
     by zero. The loss is ``1 - mean`` of ``Dice_c`` over ``classes`` (all classes when
-    ``None``), and with ``per_image=True`` over images as well.
+    ``None``; weighted by ``class_weights``), and with ``per_image=True`` over images as
+    well. The sums and the index come from the region core,
+    :mod:`pixelwise.losses.region` (Dice is its index with ``tp_weight=2``).
 
     Shapes (``*S`` is ``(H, W)`` or ``(D, H, W)``):
 
@@ -53,6 +54,8 @@ class DiceLoss(nn.Module):
         squared: square the terms of the denominator, as in V-Net.
         classes: class (channel) indices to average over, e.g. ``[1, 2]`` to leave the
             background out; ``None`` means all.
+        class_weights: one weight per class for the mean over classes (multiclass and
+            multilabel); ``None`` weighs all equally.
         per_image: ``False``: one Dice per class over the whole batch (large objects
             dominate, stable with many empty images); ``True``: one Dice per image and
             class, then the mean (every image counts equally).
@@ -69,72 +72,28 @@ class DiceLoss(nn.Module):
         smooth: float = 1.0,
         squared: bool = False,
         classes: list[int] | None = None,
+        class_weights: list[float] | None = None,
         per_image: bool = False,
         from_logits: bool = True,
         eps: float = 1e-7,
     ) -> None:
         super().__init__()
-        check_mode(mode, owner="DiceLoss")
-        if smooth < 0 or eps <= 0:
-            raise ConfigError(f"DiceLoss: need smooth >= 0 and eps > 0 but got {smooth=}, {eps=}")
-        if classes is not None:
-            if len(classes) == 0 or any(not isinstance(c, int) or c < 0 for c in classes):
-                raise ConfigError(
-                    f"DiceLoss: classes must be a non-empty list of class indices >= 0 "
-                    f"but got {classes!r}; use None for all classes"
-                )
-            if mode == "binary" and list(classes) != [0]:
-                raise ConfigError(
-                    f"DiceLoss: mode='binary' has the single class 0 but classes is {classes!r}; "
-                    f"use classes=None"
-                )
-        self.mode = mode
-        self.ignore_index = ignore_index
-        self.smooth = float(smooth)
+        self.options = LossOptions(
+            "DiceLoss", mode=mode, ignore_index=ignore_index, classes=classes,
+            class_weights=class_weights, smooth=smooth, eps=eps,
+        )
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.squared = squared
-        self.classes = None if classes is None else list(classes)
         self.per_image = per_image
         self.from_logits = from_logits
-        self.eps = float(eps)
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, ignore_index={self.ignore_index}, smooth={self.smooth}, "
-            f"classes={self.classes}, per_image={self.per_image}"
-        )
+        return self.options.describe(squared=self.squared, per_image=self.per_image)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss in ``[0, 1]``."""
-        logits, target, valid = prepare(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index, owner="DiceLoss"
-        )
-        # Bring every mode to probabilities and targets of shape (N, K, *S).
-        if self.mode == "multiclass":
-            probs = logits.softmax(dim=1) if self.from_logits else logits
-            truth = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
-            valid = valid.unsqueeze(1)
-        else:
-            probs = logits.sigmoid() if self.from_logits else logits
-            truth = target
-            if self.mode == "binary":
-                probs, truth, valid = probs.unsqueeze(1), truth.unsqueeze(1), valid.unsqueeze(1)
-        probs = probs * valid
-        truth = truth * valid
-
-        dims = tuple(range(2, probs.dim())) if self.per_image else (0, *range(2, probs.dim()))
-        intersection = (probs * truth).sum(dims)
-        if self.squared:
-            cardinality = (probs * probs).sum(dims) + (truth * truth).sum(dims)
-        else:
-            cardinality = probs.sum(dims) + truth.sum(dims)
-        dice = (2.0 * intersection + self.smooth) / (cardinality + self.smooth).clamp_min(self.eps)
-
-        if self.classes is not None:
-            num_classes = probs.shape[1]
-            if max(self.classes) >= num_classes:
-                raise ValueError(
-                    f"DiceLoss: classes {self.classes} includes {max(self.classes)} but the "
-                    f"logits have {num_classes} classes; fix classes or num_classes"
-                )
-            dice = dice[..., self.classes]
-        return 1.0 - dice.mean()
+        o = self.options
+        probs, truth, _ = region_inputs(logits, target, o, from_logits=self.from_logits)
+        counts = soft_counts(probs, truth, per_image=self.per_image, squared=self.squared)
+        dice = region_index(*counts, smooth=o.smooth, eps=o.eps, tp_weight=2.0)
+        return 1.0 - o.class_mean(dice)

@@ -13,9 +13,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import LOSSES, register
-from ._targets import check_mode, prepare
-from .boundary import inside_distance
-from .ce import REDUCTIONS
+from .boundary import check_spacing, check_spacing_rank, inside_distance
+from .options import LossOptions
 
 
 def distance_to_other_label(
@@ -78,8 +77,8 @@ class DistanceWeightedCrossEntropyLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         boundary_weight: float = 5.0,
         sigma: float = 3.0,
@@ -89,72 +88,34 @@ class DistanceWeightedCrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         owner = "DistanceWeightedCrossEntropyLoss"
-        check_mode(mode, owner=owner)
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                f"{owner}: reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}"
-            )
+        self.options = LossOptions(
+            owner, mode=mode, ignore_index=ignore_index, reduction=reduction,
+            class_weights=class_weights, weights_for=("multiclass",),
+        )
         if not (boundary_weight >= 0 and sigma > 0 and math.isfinite(sigma)):
             raise ConfigError(
                 f"{owner}: need boundary_weight >= 0 and a finite sigma > 0 but got "
                 f"{boundary_weight=}, {sigma=}"
             )
-        if class_weights is not None:
-            if mode != "multiclass":
-                raise ConfigError(
-                    f"{owner}: class_weights is for mode='multiclass' but mode is {mode!r}"
-                )
-            if len(class_weights) == 0 or any(not w >= 0 for w in class_weights):
-                raise ConfigError(
-                    f"{owner}: class_weights must be a non-empty list of numbers >= 0 but "
-                    f"got {class_weights!r}"
-                )
-        if spacing is not None and (len(spacing) == 0 or any(not s > 0 for s in spacing)):
-            raise ConfigError(
-                f"{owner}: spacing must be one positive element size per spatial axis but "
-                f"got {spacing!r}"
-            )
-        self.mode = mode
-        self.ignore_index = ignore_index
+        check_spacing(spacing, owner=owner)
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.boundary_weight = float(boundary_weight)
         self.sigma = float(sigma)
         self.spacing = None if spacing is None else [float(s) for s in spacing]
-        self.reduction = reduction
-        self.register_buffer(
-            "class_weights",
-            None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32),
-            persistent=False,
-        )
+        self.register_buffer("class_weights", self.options.weight_buffer(), persistent=False)
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, ignore_index={self.ignore_index}, "
-            f"boundary_weight={self.boundary_weight}, sigma={self.sigma}, "
-            f"reduction={self.reduction!r}"
-        )
+        return self.options.describe(boundary_weight=self.boundary_weight, sigma=self.sigma)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the loss: a scalar, or per element for ``reduction="none"``."""
-        owner = "DistanceWeightedCrossEntropyLoss"
-        logits, target, valid = prepare(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index, owner=owner
-        )
-        if self.spacing is not None and len(self.spacing) != target.dim() - 1 - (
-            self.mode == "multilabel"
-        ):
-            raise ValueError(
-                f"{owner}: spacing {self.spacing} needs one entry per spatial axis of the "
-                f"target {tuple(target.shape)}"
-            )
+        logits, target, valid = self.options.prepare(logits, target)
+        check_spacing_rank(self.spacing, tuple(logits.shape[2 - (self.mode == "binary"):]), self.options.owner)
         if self.mode == "multiclass":
             loss = F.cross_entropy(logits, target, reduction="none")
             class_weight = torch.ones_like(loss)
             if self.class_weights is not None:
-                if self.class_weights.numel() != logits.shape[1]:
-                    raise ValueError(
-                        f"{owner}: class_weights has {self.class_weights.numel()} entries "
-                        f"but the logits have {logits.shape[1]} classes"
-                    )
+                self.options.check_num_classes(logits.shape[1])
                 class_weight = self.class_weights.to(logits.dtype)[target]
         else:
             loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -179,12 +140,4 @@ class DistanceWeightedCrossEntropyLoss(nn.Module):
             boundary = 1.0 + self.boundary_weight * torch.exp(-distance / self.sigma)
             weight = boundary * class_weight * valid
 
-        weighted = loss * weight
-        if self.reduction == "none":
-            return weighted
-        total = weighted.sum()
-        if self.reduction == "sum":
-            return total
-        denominator = weight.sum()
-        # All ignored: total is exactly 0; dividing by 1 keeps it 0 and in the graph.
-        return total / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        return self.options.reduce(loss * weight, weight)

@@ -10,8 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import LOSSES, register
-from ._targets import check_mode, prepare
-from .ce import REDUCTIONS
+from .options import LossOptions
 
 
 @register(LOSSES, "focal")
@@ -61,19 +60,13 @@ class FocalLoss(nn.Module):
     ) -> None:
         super().__init__()
         owner = "FocalLoss"
-        check_mode(mode, owner=owner)
-        if reduction not in REDUCTIONS:
-            raise ConfigError(
-                f"{owner}: reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}"
-            )
+        self.options = LossOptions(owner, mode=mode, ignore_index=ignore_index, reduction=reduction)
         if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not gamma >= 0:
             raise ConfigError(f"{owner}: gamma must be a number >= 0 but got {gamma!r}")
         if alpha is not None:
             alpha = self._check_alpha(alpha, mode=mode, owner=owner)
-        self.mode = mode
-        self.ignore_index = ignore_index
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.gamma = float(gamma)
-        self.reduction = reduction
         # Kept as Python numbers and made a tensor in forward, in the logits' dtype and
         # on their device: exact in float64 and nothing to move with .to(device).
         self.alpha = alpha
@@ -107,16 +100,11 @@ class FocalLoss(nn.Module):
         return float(alpha) if scalar else [float(a) for a in alpha]
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, ignore_index={self.ignore_index}, alpha={self.alpha}, "
-            f"gamma={self.gamma}, reduction={self.reduction!r}"
-        )
+        return self.options.describe(alpha=self.alpha, gamma=self.gamma)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the loss: a scalar, or per element for ``reduction="none"``."""
-        logits, target, valid = prepare(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index, owner="FocalLoss"
-        )
+        logits, target, valid = self.options.prepare(logits, target)
         alpha = (
             None
             if self.alpha is None
@@ -152,13 +140,4 @@ class FocalLoss(nn.Module):
             loss = loss * one_minus_pt**self.gamma
         if alpha is not None:
             loss = loss * alpha
-        loss = loss * valid
-
-        if self.reduction == "none":
-            return loss
-        total = loss.sum()
-        if self.reduction == "sum":
-            return total
-        # An all-ignored batch has total == 0 exactly; dividing by 1 keeps it 0 and in
-        # the graph instead of 0/0 = NaN.
-        return total / valid.sum().clamp_min(1).to(total.dtype)
+        return self.options.reduce(loss * valid, valid)

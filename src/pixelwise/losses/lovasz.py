@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from ..registry import LOSSES, register
-from ._targets import check_mode, prepare
+from .options import LossOptions
 
 CLASS_CHOICES = ("present", "all")
 
@@ -102,46 +102,24 @@ class LovaszLoss(nn.Module):
     ) -> None:
         super().__init__()
         owner = "LovaszLoss"
-        check_mode(mode, owner=owner)
-        if isinstance(classes, str):
-            if classes not in CLASS_CHOICES:
-                raise ConfigError(
-                    f"{owner}: classes {classes!r} is not one of {', '.join(CLASS_CHOICES)} "
-                    f"or a list of class indices"
-                )
-        elif len(classes) == 0 or any(
-            isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes
-        ):
-            raise ConfigError(
-                f"{owner}: classes must be 'present', 'all' or a non-empty list of class "
-                f"indices >= 0 but got {classes!r}"
-            )
-        elif mode == "binary" and list(classes) != [0]:
-            raise ConfigError(
-                f"{owner}: mode='binary' has the single class 0 but classes is {classes!r}"
-            )
+        self.options = LossOptions(
+            owner, mode=mode, ignore_index=ignore_index, classes=classes, class_choices=CLASS_CHOICES
+        )
         if not from_logits and mode != "multiclass":
             raise ConfigError(
                 f"{owner}: from_logits=False is only valid for mode='multiclass'; the "
                 f"Lovász hinge of mode={mode!r} works on raw logits, so pass those"
             )
-        self.mode = mode
-        self.ignore_index = ignore_index
-        self.classes = classes if isinstance(classes, str) else list(classes)
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.per_image = per_image
         self.from_logits = from_logits
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, ignore_index={self.ignore_index}, classes={self.classes!r}, "
-            f"per_image={self.per_image}"
-        )
+        return self.options.describe(per_image=self.per_image)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss."""
-        logits, target, valid = prepare(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index, owner="LovaszLoss"
-        )
+        logits, target, valid = self.options.prepare(logits, target)
         # Bring every mode to errors and memberships of shape (N, K, P).
         if self.mode == "multiclass":
             probs = logits.softmax(dim=1) if self.from_logits else logits
@@ -173,19 +151,13 @@ class LovaszLoss(nn.Module):
 
         losses = lovasz_extension(errors, truth)  # (B, K)
         has_labels = valid.sum(-1) > 0
-        if self.classes == "present":
+        classes = self.options.classes
+        if classes == "present":
             chosen = truth.sum(-1) > 0
-        elif self.classes == "all":
+        elif classes == "all":
             chosen = has_labels
         else:
-            if max(self.classes) >= num_classes:
-                raise ValueError(
-                    f"LovaszLoss: classes {self.classes} includes {max(self.classes)} but "
-                    f"the logits have {num_classes} classes; fix classes or num_classes"
-                )
-            listed = torch.zeros(num_classes, dtype=torch.bool, device=losses.device)
-            listed[self.classes] = True
-            chosen = has_labels & listed
+            chosen = has_labels & self.options.class_selection(num_classes, losses).bool()
         chosen = chosen.to(losses.dtype)
         per_image = (losses * chosen).sum(-1) / chosen.sum(-1).clamp_min(1.0)
         counted = (chosen.sum(-1) > 0).to(losses.dtype)

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import LOSSES, register
-from ._targets import check_mode
-from .jaccard import check_class_options, class_mean, region_inputs, sum_dims
+from .options import LossOptions
+from .region import region_inputs, sum_dims
 
 
 @register(LOSSES, "sens_spec")
@@ -47,8 +47,8 @@ class SensitivitySpecificityLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         r: float = 0.05,
         classes: list[int] | None = None,
@@ -58,40 +58,30 @@ class SensitivitySpecificityLoss(nn.Module):
         eps: float = 1e-7,
     ) -> None:
         super().__init__()
-        owner = "SensitivitySpecificityLoss"
-        check_mode(mode, owner=owner)
-        if not 0 <= r <= 1:
-            raise ConfigError(f"{owner}: r must lie in [0, 1] but got {r!r}; the paper uses 0.05")
-        if not eps > 0:
-            raise ConfigError(f"{owner}: eps must be > 0 but got {eps!r}")
-        check_class_options(classes, class_weights, mode=mode, owner=owner)
-        self.mode = mode
-        self.ignore_index = ignore_index
+        self.options = LossOptions(
+            "SensitivitySpecificityLoss", mode=mode, ignore_index=ignore_index, classes=classes,
+            class_weights=class_weights, eps=eps,
+        )
+        if not (isinstance(r, (int, float)) and 0 <= r <= 1):
+            raise ConfigError(
+                f"SensitivitySpecificityLoss: r must lie in [0, 1] but got {r!r}; the paper "
+                f"uses 0.05"
+            )
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.r = float(r)
-        self.classes = None if classes is None else list(classes)
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.per_image = per_image
         self.from_logits = from_logits
-        self.eps = float(eps)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, ignore_index={self.ignore_index}, r={self.r}"
+        return self.options.describe(r=self.r, per_image=self.per_image)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss in ``[0, 1]``."""
-        owner = "SensitivitySpecificityLoss"
-        probs, truth, valid = region_inputs(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index,
-            from_logits=self.from_logits, owner=owner,
-        )
+        o = self.options
+        probs, truth, valid = region_inputs(logits, target, o, from_logits=self.from_logits)
         dims = sum_dims(probs, per_image=self.per_image)
         squared_error = (truth - probs) ** 2  # 0 on ignored elements
         negatives = (1.0 - truth) * valid
-        sensitivity = (squared_error * truth).sum(dims) / truth.sum(dims).clamp_min(self.eps)
-        specificity = (squared_error * negatives).sum(dims) / negatives.sum(dims).clamp_min(
-            self.eps
-        )
-        loss = self.r * sensitivity + (1.0 - self.r) * specificity
-        return class_mean(
-            loss, classes=self.classes, class_weights=self.class_weights, owner=owner
-        )
+        sensitivity = (squared_error * truth).sum(dims) / truth.sum(dims).clamp_min(o.eps)
+        specificity = (squared_error * negatives).sum(dims) / negatives.sum(dims).clamp_min(o.eps)
+        return o.class_mean(self.r * sensitivity + (1.0 - self.r) * specificity)

@@ -14,25 +14,11 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import LOSSES, register
-from ._targets import check_mode, prepare
-
-
-def _check_class_weights(class_weights: list[float] | None, *, mode: str, owner: str) -> None:
-    if class_weights is None:
-        return
-    if mode != "multiclass":
-        raise ConfigError(
-            f"{owner}: class_weights is for mode='multiclass' but mode is {mode!r}; drop it"
-        )
-    if len(class_weights) == 0 or any(not w >= 0 for w in class_weights):
-        raise ConfigError(
-            f"{owner}: class_weights must be a non-empty list of numbers >= 0 but got "
-            f"{class_weights!r}"
-        )
+from .options import LossOptions
 
 
 def _per_element_ce(
-    logits: Tensor, target: Tensor, *, mode: str, class_weights: Tensor | None, owner: str
+    logits: Tensor, target: Tensor, options: LossOptions, *, class_weights: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """Return ``(loss, weight)``: the (weighted) cross-entropy per element and the weight
     of each element's true class (all ones without ``class_weights``).
@@ -40,15 +26,11 @@ def _per_element_ce(
     Shapes are those :func:`~pixelwise.losses._targets.prepare` returns for ``target``:
     ``(N, *S)``, or ``(N, C, *S)`` for multilabel.
     """
-    if mode == "multiclass":
+    if options.mode == "multiclass":
         nll = F.cross_entropy(logits, target, reduction="none")
         if class_weights is None:
             return nll, torch.ones_like(nll)
-        if class_weights.numel() != logits.shape[1]:
-            raise ValueError(
-                f"{owner}: class_weights has {class_weights.numel()} entries but the logits "
-                f"have {logits.shape[1]} classes; give one weight per class"
-            )
+        options.check_num_classes(logits.shape[1])
         weight = class_weights.to(logits.dtype)[target]
         return nll * weight, weight
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -80,41 +62,35 @@ class TopKCrossEntropyLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         percent: float = 10.0,
         class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         owner = "TopKCrossEntropyLoss"
-        check_mode(mode, owner=owner)
+        self.options = LossOptions(
+            owner, mode=mode, ignore_index=ignore_index, class_weights=class_weights,
+            weights_for=("multiclass",),
+        )
         if not 0 < percent <= 100:
             raise ConfigError(
                 f"{owner}: percent must be in (0, 100] but got {percent!r}; it is a "
                 f"percentage, e.g. 10 for the hardest 10 %"
             )
-        _check_class_weights(class_weights, mode=mode, owner=owner)
-        self.mode = mode
-        self.ignore_index = ignore_index
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.percent = float(percent)
-        self.register_buffer(
-            "class_weights",
-            None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32),
-            persistent=False,
-        )
+        self.register_buffer("class_weights", self.options.weight_buffer(), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, ignore_index={self.ignore_index}, percent={self.percent}"
+        return self.options.describe(percent=self.percent)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss."""
-        owner = "TopKCrossEntropyLoss"
-        logits, target, valid = prepare(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index, owner=owner
-        )
+        logits, target, valid = self.options.prepare(logits, target)
         loss, _ = _per_element_ce(
-            logits, target, mode=self.mode, class_weights=self.class_weights, owner=owner
+            logits, target, self.options, class_weights=self.class_weights
         )
         num_valid = int(valid.sum())
         if num_valid == 0:
@@ -157,8 +133,8 @@ class OhemCrossEntropyLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         mode: str = "multiclass",
+        *,
         ignore_index: int | None = 255,
         threshold: float = 0.7,
         min_kept: int = 100_000,
@@ -166,7 +142,10 @@ class OhemCrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         owner = "OhemCrossEntropyLoss"
-        check_mode(mode, owner=owner)
+        self.options = LossOptions(
+            owner, mode=mode, ignore_index=ignore_index, class_weights=class_weights,
+            weights_for=("multiclass",),
+        )
         if not threshold > 0:
             raise ConfigError(
                 f"{owner}: threshold must be > 0 but got {threshold!r}; it is a "
@@ -174,31 +153,19 @@ class OhemCrossEntropyLoss(nn.Module):
             )
         if isinstance(min_kept, bool) or not isinstance(min_kept, int) or min_kept < 0:
             raise ConfigError(f"{owner}: min_kept must be an int >= 0 but got {min_kept!r}")
-        _check_class_weights(class_weights, mode=mode, owner=owner)
-        self.mode = mode
-        self.ignore_index = ignore_index
+        self.mode, self.ignore_index = self.options.mode, self.options.ignore_index
         self.threshold = float(threshold)
         self.min_kept = min_kept
-        self.register_buffer(
-            "class_weights",
-            None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32),
-            persistent=False,
-        )
+        self.register_buffer("class_weights", self.options.weight_buffer(), persistent=False)
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, ignore_index={self.ignore_index}, "
-            f"threshold={self.threshold}, min_kept={self.min_kept}"
-        )
+        return self.options.describe(threshold=self.threshold, min_kept=self.min_kept)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss."""
-        owner = "OhemCrossEntropyLoss"
-        logits, target, valid = prepare(
-            logits, target, mode=self.mode, ignore_index=self.ignore_index, owner=owner
-        )
+        logits, target, valid = self.options.prepare(logits, target)
         loss, weight = _per_element_ce(
-            logits, target, mode=self.mode, class_weights=self.class_weights, owner=owner
+            logits, target, self.options, class_weights=self.class_weights
         )
         with torch.no_grad():
             if self.mode == "multiclass":

@@ -10,83 +10,43 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import LOSSES, register
-from ._targets import check_mode
-from .jaccard import check_class_options, class_mean, region_inputs, sum_dims
+from .options import LossOptions
+from .region import region_index, region_inputs, soft_counts
 
 
-def tversky_index(
-    probs: Tensor,
-    truth: Tensor,
-    *,
-    alpha: float,
-    beta: float,
-    smooth: float,
-    eps: float,
-    per_image: bool,
-) -> Tensor:
-    """Soft Tversky index per class: ``(N, K)`` with ``per_image`` else ``(K,)``.
-
-    ``probs`` and ``truth`` are ``(N, K, *S)`` with ignored elements already zero in both
-    (as :func:`~pixelwise.losses.jaccard.region_inputs` returns them)::
-
-        TI = (TP + smooth) / max(TP + alpha * FP + beta * FN + smooth, eps)
-        TP = sum(P * G),  FP = sum(P * (1 - G)),  FN = sum((1 - P) * G)
-    """
-    dims = sum_dims(probs, per_image=per_image)
-    true_pos = (probs * truth).sum(dims)
-    # Ignored elements have P = G = 0, so they add to neither FP nor FN.
-    false_pos = (probs * (1.0 - truth)).sum(dims)
-    false_neg = ((1.0 - probs) * truth).sum(dims)
-    denominator = true_pos + alpha * false_pos + beta * false_neg + smooth
-    return (true_pos + smooth) / denominator.clamp_min(eps)
-
-
-def _check_common(
-    *, mode: str, alpha: float, beta: float, smooth: float, eps: float, owner: str
-) -> None:
-    check_mode(mode, owner=owner)
+def _configure(module: nn.Module, owner: str, *, mode: str, ignore_index: int | None, alpha: float,
+               beta: float, smooth: float, classes: list[int] | None, class_weights: list[float] | None,
+               per_image: bool, from_logits: bool, eps: float) -> None:
+    """Check and store the options both Tversky losses share (error messages name ``owner``)."""
+    module.options = LossOptions(owner, mode=mode, ignore_index=ignore_index, classes=classes,
+                                 class_weights=class_weights, smooth=smooth, eps=eps)
     if not (alpha >= 0 and beta >= 0 and alpha + beta > 0):
         raise ConfigError(
             f"{owner}: alpha (false-positive weight) and beta (false-negative weight) must "
             f"be >= 0 and not both 0 but got {alpha=}, {beta=}; e.g. alpha=0.3, beta=0.7"
         )
-    if not (smooth >= 0 and eps > 0):
-        raise ConfigError(f"{owner}: need smooth >= 0 and eps > 0 but got {smooth=}, {eps=}")
-
-def _configure(module: nn.Module, owner: str, *, mode: str, ignore_index: int | None, alpha: float, beta: float,
-               smooth: float, classes: list[int] | None, class_weights: list[float] | None, per_image: bool,
-               from_logits: bool, eps: float) -> None:
-    """Check and store the options both Tversky losses share (error messages name ``owner``)."""
-    _check_common(mode=mode, alpha=alpha, beta=beta, smooth=smooth, eps=eps, owner=owner)
-    check_class_options(classes, class_weights, mode=mode, owner=owner)
-    module.owner = owner
-    module.mode = mode
-    module.ignore_index = ignore_index
+    module.mode, module.ignore_index = module.options.mode, module.options.ignore_index
     module.alpha, module.beta = float(alpha), float(beta)
-    module.smooth = float(smooth)
-    module.classes = None if classes is None else list(classes)
-    module.class_weights = None if class_weights is None else [float(w) for w in class_weights]
     module.per_image = per_image
     module.from_logits = from_logits
-    module.eps = float(eps)
 
 
 def _class_index(module: nn.Module, logits: Tensor, target: Tensor) -> Tensor:
-    """Per-class (or per-image-and-class) Tversky index for a module set up by :func:`_configure`."""
-    probs, truth, _ = region_inputs(
-        logits, target, mode=module.mode, ignore_index=module.ignore_index,
-        from_logits=module.from_logits, owner=module.owner,
-    )
-    return tversky_index(
-        probs, truth, alpha=module.alpha, beta=module.beta, smooth=module.smooth,
-        eps=module.eps, per_image=module.per_image,
-    )
+    """Per-class (or per-image-and-class) Tversky index, ``(N, K)`` with ``per_image``
+    else ``(K,)``, for a module set up by :func:`_configure`::
+
+        TI = (TP + smooth) / max(TP + alpha * FP + beta * FN + smooth, eps)
+    """
+    o = module.options
+    probs, truth, _ = region_inputs(logits, target, o, from_logits=module.from_logits)
+    counts = soft_counts(probs, truth, per_image=module.per_image)
+    return region_index(*counts, smooth=o.smooth, eps=o.eps, alpha=module.alpha, beta=module.beta)
 
 
 @register(LOSSES, "tversky")
 class TverskyLoss(nn.Module):
     """Tversky loss, ``1 - mean_c TI_c``, a Dice loss that weighs false positives by
-    ``alpha`` and false negatives by ``beta`` (see :func:`tversky_index`).
+    ``alpha`` and false negatives by ``beta`` (the region core's index, :func:`~pixelwise.losses.region.region_index`).
 
     ``beta > alpha`` trades precision for recall, which helps small structures (Salehi
     et al. found ``alpha=0.3, beta=0.7`` best for lesions). Special cases:
@@ -132,15 +92,12 @@ class TverskyLoss(nn.Module):
                    eps=eps)
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, ignore_index={self.ignore_index}, alpha={self.alpha}, "
-            f"beta={self.beta}, smooth={self.smooth}"
-        )
+        return self.options.describe(alpha=self.alpha, beta=self.beta)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss in ``[0, 1]``."""
         index = _class_index(self, logits, target)
-        return 1.0 - class_mean(index, classes=self.classes, class_weights=self.class_weights, owner=self.owner)
+        return 1.0 - self.options.class_mean(index)
 
 
 @register(LOSSES, "focal_tversky")
@@ -189,17 +146,11 @@ class FocalTverskyLoss(nn.Module):
         self.gamma = float(gamma)
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, ignore_index={self.ignore_index}, alpha={self.alpha}, "
-            f"beta={self.beta}, gamma={self.gamma}"
-        )
+        return self.options.describe(alpha=self.alpha, beta=self.beta, gamma=self.gamma)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss in ``[0, 1]``."""
         index = _class_index(self, logits, target)
         tiny = torch.finfo(index.dtype).tiny
         focal = (1.0 - index).clamp_min(tiny) ** (1.0 / self.gamma)
-        return class_mean(
-            focal, classes=self.classes, class_weights=self.class_weights,
-            owner="FocalTverskyLoss",
-        )
+        return self.options.class_mean(focal)

@@ -3,9 +3,15 @@
 A task is everything that differs between, say, semantic segmentation and Mask R-CNN, and
 nothing else: how to build the network, the datasets and how to batch them, the loss of one
 micro-batch (its named terms, which the loop logs as ``loss_<term>``), evaluation (its score
-columns and the score that picks ``best/``) and what a saved model folder records. The loop
-owns the rest: processes (DDP), accumulation, AMP, EMA, schedules, checkpoints, resume,
+columns and the score that picks ``best/``), what a saved model folder records, and the
+predictor that turns images into results with a trained model (:meth:`Task.predictor`). The
+loop owns the rest: processes (DDP), accumulation, AMP, EMA, schedules, checkpoints, resume,
 Ctrl-C, the NaN guard and logging.
+
+Predictors live above this floor (:mod:`pixelwise.infer`), so a task names its predictor by
+its own ``name`` in ``registry.PREDICTORS`` rather than importing it; ``import pixelwise``
+registers them (``semantic``: :class:`~pixelwise.infer.segmenter.Segmenter`, ``instance``:
+:class:`~pixelwise.infer.instance_predictor.InstancePredictor`).
 
 Adding a task is one file with a class that has these members, registered with
 ``@register(TASKS, "name")`` (:mod:`pixelwise.registry`), and an entry in
@@ -14,12 +20,16 @@ Adding a task is one file with a class that has these members, registered with
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError
+from ..registry import PREDICTORS
 
 
 @dataclass
@@ -90,3 +100,21 @@ class Task(Protocol):
 
     def class_names(self) -> list[str]:
         """One name per class."""
+
+    def predictor(self, source: str | os.PathLike | nn.Module, **options: Any) -> Any:
+        """The inference object of this task for a saved model folder, or for a model in memory
+        (built by :meth:`build_model`, e.g. just trained) described by :meth:`model_meta`;
+        ``options`` (``device``, ``amp``, ...) go to it. See :func:`build_predictor`."""
+
+
+def build_predictor(task: str, source: str | os.PathLike | nn.Module, meta: Callable[[], dict[str, Any]],
+                    **options: Any) -> Any:
+    """``registry.PREDICTORS[task]`` for ``source``: ``from_pretrained(folder, **options)``, or
+    ``from_model(model, meta(), **options)`` for an ``nn.Module`` (``meta`` is called only then)."""
+    if task not in PREDICTORS:
+        raise ConfigError(f"no predictor is registered for task {task!r} (registered: "
+                          f"{', '.join(sorted(PREDICTORS)) or 'none'}); `import pixelwise` registers the built-in ones")
+    predictor = PREDICTORS[task]
+    if isinstance(source, nn.Module):
+        return predictor.from_model(source, meta(), **options)
+    return predictor.from_pretrained(source, **options)
