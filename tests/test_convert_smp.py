@@ -66,3 +66,13 @@ def test_upernet(encoder, tmp_path):
     torch.manual_seed(0)
     ref = smp.UPerNet(encoder_name=encoder, encoder_weights=None, classes=3, decoder_channels=32)
     _check(randomise(ref, std=0.05), tmp_path)
+
+
+@pytest.mark.parametrize("encoder,output_stride,separable", [("resnet18", 16, True), ("tu-resnet18", 16, True),
+                                                             ("resnet18", 8, False)])
+def test_deeplabv3plus(encoder, output_stride, separable, tmp_path):
+    torch.manual_seed(0)
+    ref = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=3, decoder_channels=32,
+                            encoder_output_stride=output_stride, decoder_aspp_separable=separable)
+    model = _check(randomise(ref, std=0.05), tmp_path)
+    assert model.config["separable_inner"] == "none" and model.config["fuse_convs"] == 1

@@ -1,0 +1,75 @@
+"""segmentation_models.pytorch (smp) checkpoints -> pixelwise, continued: ``DeepLabV3Plus``,
+``PSPNet`` and ``UnetPlusPlus`` (``smp.py`` has the encoders and the other architectures).
+
+Facts read from smp 0.6's ``decoders/deeplabv3``, ``decoders/pspnet`` and
+``decoders/unetplusplus`` (smp is not imported):
+
+- DeepLabV3Plus: separable convolutions without a norm between depthwise and pointwise
+  (``SeparableConv2d``), a separable 3×3 conv + BN + ReLU after the ASPP, one separable fuse
+  convolution, ``align_corners=True`` upsampling (decoder and head), ResNets dilated by
+  ``make_dilated``; default ASPP rates 12/24/36 at output stride 16.
+- PSPNet: an undilated encoder cut at ``encoder_depth`` (default 3: stride 8), pooled branches
+  concatenated before the input and upsampled with ``align_corners=True``, the 1×1 branch
+  without norm (a conv with bias), a 1×1 bottleneck, a 3×3 head upsampled ``align_corners=True``.
+- UnetPlusPlus: nearest upsampling without parameters, ``cat([up, X^{i,j-1}, ..., X^{i,0}])``,
+  the nodes inside a level as wide as the encoder feature of that level and the last node
+  of level ``i`` ``decoder_channels[D-1-i]`` wide, one more block at stride 1, a 3×3 head.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .keymap import rename
+from .smp import RESNETS, _encoder
+
+
+def _common(config: dict, arch: str) -> dict:
+    if config.get("aux_params"):
+        raise ConfigError(f"smp {arch} aux_params (a classification head) has no pixelwise counterpart; drop it first")
+    if config.get("decoder_use_norm", "batchnorm") not in ("batchnorm", True):
+        raise ConfigError(f"smp {arch} decoder_use_norm={config['decoder_use_norm']!r} is not converted; batchnorm is")
+    return {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3))}
+
+
+def deeplabv3plus(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``DeepLabV3Plus`` -> ``create_model("deeplabv3plus", separable_inner="none", aspp_conv=True, ...)``."""
+    kwargs = _common(config, "DeepLabV3Plus")
+    if int(config.get("upsampling", 4)) != 4:
+        raise ConfigError(f"smp DeepLabV3Plus upsampling={config['upsampling']} is not converted; only the default 4 "
+                          "(logits at input size) is")
+    encoder, rules = _encoder(config)
+    aspp_separable = bool(config.get("decoder_aspp_separable", True))
+    kwargs.update({"encoder": encoder, "output_stride": int(config.get("encoder_output_stride", 16)),
+                   "rates": list(config.get("decoder_atrous_rates", [12, 24, 36])),
+                   "decoder_channels": int(config.get("decoder_channels", 256)), "separable": True,
+                   "aspp_separable": aspp_separable, "separable_inner": "none", "aspp_conv": True, "fuse_convs": 1,
+                   "upsample_align_corners": True,
+                   "encoder_dilation": "smp" if config.get("encoder_name", "resnet34") in RESNETS else "timm"})
+    a = r"decoder\.aspp\.0\."
+    branch = ([(a + r"convs\.([1-3])\.0\.0\.(\w+)", r"decoder.aspp.0.branches.\1.0.\2"),
+               (a + r"convs\.([1-3])\.0\.1\.(\w+)", r"decoder.aspp.0.branches.\1.2.\2"),
+               (a + r"convs\.([1-3])\.1\.(\w+)", r"decoder.aspp.0.branches.\1.3.\2")] if aspp_separable else
+              [(a + r"convs\.([1-3])\.([01])\.(\w+)", r"decoder.aspp.0.branches.\1.\2.\3")])
+    rules = rules + branch + [
+        (a + r"convs\.0\.([01])\.(\w+)", r"decoder.aspp.0.branches.0.\1.\2"),
+        (a + r"convs\.4\.1\.(\w+)", r"decoder.aspp.0.branches.4.1.0.\1"),
+        (a + r"convs\.4\.2\.(\w+)", r"decoder.aspp.0.branches.4.1.1.\1"),
+        (a + r"project\.([01])\.(\w+)", r"decoder.aspp.0.project.0.\1.\2"),
+        (r"decoder\.aspp\.1\.0\.(\w+)", r"decoder.aspp.1.0.\1"),
+        (r"decoder\.aspp\.1\.1\.(\w+)", r"decoder.aspp.1.2.\1"),
+        (r"decoder\.aspp\.2\.(\w+)", r"decoder.aspp.1.3.\1"),
+        (r"decoder\.block1\.([01])\.(\w+)", r"decoder.reduce.\1.\2"),
+        (r"decoder\.block2\.0\.0\.(\w+)", r"decoder.fuse.0.0.\1"),
+        (r"decoder\.block2\.0\.1\.(\w+)", r"decoder.fuse.0.2.\1"),
+        (r"decoder\.block2\.1\.(\w+)", r"decoder.fuse.0.3.\1"),
+        (r"segmentation_head\.0\.(\w+)", r"head.1.\1"),
+    ]
+    return "deeplabv3plus", kwargs, rename(state, rules, source="smp DeepLabV3Plus")
+
+
+ARCHITECTURES = {"DeepLabV3Plus": deeplabv3plus}
