@@ -76,3 +76,12 @@ def test_deeplabv3plus(encoder, output_stride, separable, tmp_path):
                             encoder_output_stride=output_stride, decoder_aspp_separable=separable)
     model = _check(randomise(ref, std=0.05), tmp_path)
     assert model.config["separable_inner"] == "none" and model.config["fuse_convs"] == 1
+
+
+@pytest.mark.parametrize("encoder,depth", [("resnet18", 3), ("tu-resnet18", 3), ("resnet18", 4)])
+def test_pspnet(encoder, depth, tmp_path):
+    torch.manual_seed(0)
+    ref = smp.PSPNet(encoder_name=encoder, encoder_weights=None, classes=3, psp_out_channels=32, encoder_depth=depth,
+                     upsampling=2**depth)
+    model = _check(randomise(ref, std=0.05), tmp_path)
+    assert model.config["bottleneck_kernel"] == 1 and not model.config["aux"]

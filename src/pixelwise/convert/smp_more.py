@@ -72,4 +72,46 @@ def deeplabv3plus(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, di
     return "deeplabv3plus", kwargs, rename(state, rules, source="smp DeepLabV3Plus")
 
 
-ARCHITECTURES = {"DeepLabV3Plus": deeplabv3plus}
+def _cut_encoder(config: dict, encoder: str, depth: int, in_channels: int) -> tuple[dict | None, list]:
+    """timm ``out_indices`` that keep the features smp keeps at ``encoder_depth=depth`` (strides up to
+    ``2**depth``), and rules dropping what smp's own ResNets hold but never run at that depth."""
+    if not 1 <= depth <= 5:
+        raise ConfigError(f"smp encoder_depth={depth} is not 1..5")
+    if depth == 5:
+        return None, []
+    from ..encoders import build_encoder
+
+    reductions = build_encoder(encoder, in_channels=in_channels).reductions
+    keep = [i for i, r in enumerate(reductions) if r <= 2**depth]
+    unused = ([(rf"encoder\.layer[{depth}-4]\..+", None)] if config.get("encoder_name", "resnet34") in RESNETS
+              else [])
+    return {"out_indices": keep}, unused
+
+
+def pspnet(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``PSPNet`` -> ``create_model("pspnet", output_stride=32, bottleneck_kernel=1, head_kernel=3, ...)``."""
+    kwargs = _common(config, "PSPNet")
+    depth = int(config.get("encoder_depth", 3))
+    if int(config.get("upsampling", 8)) != 2**depth:
+        raise ConfigError(f"smp PSPNet upsampling={config.get('upsampling', 8)} with encoder_depth={depth} does not "
+                          f"give logits at input size; only upsampling = 2**encoder_depth ({2**depth}) is converted")
+    encoder, rules = _encoder({**config, "encoder_depth": 5})
+    encoder_kwargs, unused = _cut_encoder(config, encoder, depth, kwargs["in_channels"])
+    kwargs.update({"encoder": encoder, "output_stride": 32, "bins": [1, 2, 3, 6], "aux": False,
+                   "decoder_channels": int(config.get("psp_out_channels", 512)), "encoder_kwargs": encoder_kwargs,
+                   "bottleneck_kernel": 1, "head_kernel": 3, "ppm_global_norm": False,
+                   "upsample_align_corners": True})
+    state = dict(state)
+    # smp concatenates [pooled 1, 2, 3, 6, input]; pixelwise [input, pooled 1, 2, 3, 6].
+    pooled = 4 * state["decoder.psp.blocks.0.pool.1.0.weight"].shape[0]
+    w = state["decoder.conv.0.weight"]
+    state["decoder.conv.0.weight"] = torch.cat([w[:, pooled:], w[:, :pooled]], dim=1)
+    rules = unused + rules + [
+        (r"decoder\.psp\.blocks\.([0-3])\.pool\.1\.([01])\.(\w+)", r"decoder.ppm.stages.\1.1.\2.\3"),
+        (r"decoder\.conv\.([01])\.(\w+)", r"decoder.bottleneck.\1.\2"),
+        (r"segmentation_head\.0\.(\w+)", r"head.1.\1"),
+    ]
+    return "pspnet", kwargs, rename(state, rules, source="smp PSPNet")
+
+
+ARCHITECTURES = {"DeepLabV3Plus": deeplabv3plus, "PSPNet": pspnet}
