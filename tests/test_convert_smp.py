@@ -85,3 +85,13 @@ def test_pspnet(encoder, depth, tmp_path):
                      upsampling=2**depth)
     model = _check(randomise(ref, std=0.05), tmp_path)
     assert model.config["bottleneck_kernel"] == 1 and not model.config["aux"]
+
+
+@pytest.mark.parametrize("encoder,interpolation", [("resnet18", "nearest"), ("tu-resnet18", "nearest"),
+                                                   ("resnet18", "bilinear")])
+def test_unetplusplus(encoder, interpolation, tmp_path):
+    torch.manual_seed(0)
+    ref = smp.UnetPlusPlus(encoder_name=encoder, encoder_weights=None, classes=3, decoder_channels=[32, 16, 16, 8, 8],
+                           decoder_interpolation=interpolation)
+    model = _check(randomise(ref, std=0.05), tmp_path)
+    assert model.config["last_node_channels"] == [8, 16, 16, 32] and model.config["top_channels"] == 8

@@ -114,4 +114,47 @@ def pspnet(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str,
     return "pspnet", kwargs, rename(state, rules, source="smp PSPNet")
 
 
-ARCHITECTURES = {"DeepLabV3Plus": deeplabv3plus, "PSPNet": pspnet}
+def unetplusplus(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``UnetPlusPlus`` -> ``create_model("unetplusplus", upsampling="nearest", head_kernel=3, ...)``."""
+    kwargs = _common(config, "UnetPlusPlus")
+    if config.get("decoder_attention_type"):
+        raise ConfigError("smp UnetPlusPlus with decoder_attention_type (scSE) is not converted yet")
+    if any(k.startswith("decoder.center.") for k in state):
+        raise ConfigError("smp UnetPlusPlus with a center block (vgg encoders) is not converted yet")
+    mode = config.get("decoder_interpolation", "nearest")
+    if mode not in ("nearest", "bilinear"):
+        raise ConfigError(f"smp decoder_interpolation={mode!r} is not converted; nearest and bilinear are")
+    encoder, rules = _encoder(config)
+    from ..encoders import build_encoder
+
+    enc = build_encoder(encoder, in_channels=kwargs["in_channels"])
+    widths, depth = list(enc.out_channels), len(enc.out_channels) - 1
+    smp_channels = [int(c) for c in config.get("decoder_channels", [256, 128, 64, 32, 16])]
+    if enc.reductions[0] != 2 or len(smp_channels) != depth + 1 or 0 in smp_channels:
+        raise ConfigError(f"smp UnetPlusPlus decoder_channels={smp_channels} on {encoder!r} (strides {enc.reductions}) "
+                          f"is not converted; {depth + 1} non-zero widths on an encoder starting at stride 2 are")
+    kwargs.update({"encoder": encoder, "decoder_channels": widths[:depth], "upsampling": mode,
+                   "last_node_channels": smp_channels[depth - 1::-1], "top_channels": smp_channels[depth],
+                   "head_kernel": 3, "norm": "batch"})
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"decoder\.blocks\.x_(\d)_(\d)\.conv([12])\.([01])\.(\w+)", key)
+        if not m:
+            out[key] = value
+            continue
+        a, b = int(m[1]), int(m[2])
+        conv = int(m[3]) - 1
+        if b == depth:  # smp's last block, at stride 1
+            out[f"top.{conv}.{m[4]}.{m[5]}"] = value
+            continue
+        i, j = depth - 1 - b, b - a + 1  # smp's x_a_b is the paper's X^{i,j}
+        if conv == 0 and m[4] == "0":
+            # smp concatenates [up, X^{i,j-1}, ..., X^{i,0}]; pixelwise [X^{i,0}, ..., X^{i,j-1}, up].
+            up = widths[i + 1] if j == 1 else smp_channels[depth - 1 - (i + 1)] if i + j == depth else widths[i + 1]
+            value = torch.cat(list(value.split([up] + [widths[i]] * j, dim=1))[::-1], dim=1)
+        out[f"decoder.blocks.{i}_{j}.{conv}.{m[4]}.{m[5]}"] = value
+    rules = rules + [(r"(decoder\.blocks\..+|top\..+)", r"\1"), (r"segmentation_head\.0\.(\w+)", r"heads.0.\1")]
+    return "unetplusplus", kwargs, rename(out, rules, source="smp UnetPlusPlus")
+
+
+ARCHITECTURES = {"DeepLabV3Plus": deeplabv3plus, "PSPNet": pspnet, "UnetPlusPlus": unetplusplus}
