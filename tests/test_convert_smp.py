@@ -95,3 +95,20 @@ def test_unetplusplus(encoder, interpolation, tmp_path):
                            decoder_interpolation=interpolation)
     model = _check(randomise(ref, std=0.05), tmp_path)
     assert model.config["last_node_channels"] == [8, 16, 16, 32] and model.config["top_channels"] == 8
+
+
+@pytest.mark.parametrize("config,option", [
+    ({"_model_class": "DeepLabV3Plus", "upsampling": 2}, "upsampling"),
+    ({"_model_class": "DeepLabV3Plus", "aux_params": {"classes": 2}}, "aux_params"),
+    ({"_model_class": "PSPNet", "encoder_depth": 3, "upsampling": 4}, "upsampling"),
+    ({"_model_class": "PSPNet", "decoder_use_norm": "layernorm"}, "decoder_use_norm"),
+    ({"_model_class": "UnetPlusPlus", "decoder_attention_type": "scse"}, "decoder_attention_type"),
+    ({"_model_class": "UnetPlusPlus", "decoder_interpolation": "bicubic"}, "decoder_interpolation"),
+    ({"_model_class": "UnetPlusPlus", "decoder_channels": [32, 16, 0, 8, 8]}, "decoder_channels"),
+])
+def test_unsupported_options_are_refused_by_name(config, option):
+    from pixelwise.convert import convert_state
+    from pixelwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=option):
+        convert_state("smp", {}, config)
