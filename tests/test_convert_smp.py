@@ -112,3 +112,15 @@ def test_unsupported_options_are_refused_by_name(config, option):
 
     with pytest.raises(ConfigError, match=option):
         convert_state("smp", {}, config)
+
+
+@pytest.mark.parametrize("readout,indices", [("cat", None), ("ignore", [1, 3, 5, 7])])
+def test_dpt(readout, indices, tmp_path):
+    torch.manual_seed(0)
+    # ViT-Tiny with dynamic_img_size so smp runs every size; indices [1, 3, 5, 7] leave blocks 8-11 unused.
+    ref = smp.DPT(encoder_name="tu-vit_tiny_patch16_224", encoder_weights=None, classes=3, decoder_readout=readout,
+                  decoder_intermediate_channels=(16, 32, 64, 64), decoder_fusion_channels=16, img_size=64,
+                  dynamic_img_size=True, encoder_output_indices=indices)
+    model = _check(randomise(ref, std=0.05), tmp_path)
+    assert model.config["fusion_coarsest_unit"] and model.config["encoder_kwargs"] == {"img_size": 64}
+    assert model.config["indices"] == (indices or [2, 5, 8, 11])

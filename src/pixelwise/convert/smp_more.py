@@ -157,4 +157,64 @@ def unetplusplus(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dic
     return "unetplusplus", kwargs, rename(out, rules, source="smp UnetPlusPlus")
 
 
-ARCHITECTURES = {"DeepLabV3Plus": deeplabv3plus, "PSPNet": pspnet, "UnetPlusPlus": unetplusplus}
+_DPT_KEYS = {"_model_class", "activation", "aux_params", "classes", "decoder_fusion_channels",
+             "decoder_intermediate_channels", "decoder_readout", "encoder_depth", "encoder_name",
+             "encoder_output_indices", "encoder_weights", "in_channels", "dynamic_img_size"}
+
+
+def dpt(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
+    """smp ``DPT`` (timm ViT) -> ``create_model("dpt", fusion_batch_norm=True, fusion_coarsest_unit=True, ...)``.
+
+    Keys of smp's config.json that are not DPT's own arguments went to ``timm.create_model``
+    (``img_size``...) and go to ``encoder_kwargs``; ``dynamic_img_size`` is dropped (pixelwise
+    resamples the position embedding at every size, bicubic as timm does)."""
+    kwargs = _common(config, "DPT")
+    name = str(config.get("encoder_name", "tu-vit_base_patch16_224.augreg_in21k"))
+    if int(config.get("encoder_depth", 4)) != 4:
+        raise ConfigError(f"smp DPT encoder_depth={config['encoder_depth']} is not converted; DPT taps 4 blocks")
+    from ..encoders.vit import is_vit
+
+    if not name.startswith("tu-") or not is_vit(name[3:]):
+        raise ConfigError(f"smp DPT encoder {name!r} is not converted; a tu- plain ViT (vit_*, deit_*, ...) is")
+    encoder_kwargs = {k: v for k, v in config.items() if k not in _DPT_KEYS}
+    readout = {"cat": "project", "add": "add", "ignore": "ignore"}.get(config.get("decoder_readout", "cat"))
+    if readout is None:
+        raise ConfigError(f"smp DPT decoder_readout={config['decoder_readout']!r} is not one of cat, add, ignore")
+    kwargs.update({"encoder": name[3:], "readout": readout, "indices": config.get("encoder_output_indices"),
+                   "neck_channels": list(config.get("decoder_intermediate_channels", [256, 512, 1024, 1024])),
+                   "fusion_channels": int(config.get("decoder_fusion_channels", 256)), "fusion_batch_norm": True,
+                   "fusion_coarsest_unit": True, "aux": False, "encoder_kwargs": encoder_kwargs or None})
+    import timm
+
+    probe = timm.create_model(name[3:], pretrained=False, in_chans=kwargs["in_channels"], **encoder_kwargs)
+    patch, blocks, prefix = probe.patch_embed.patch_size[0], len(probe.blocks), getattr(probe, "num_prefix_tokens", 1)
+    if patch != 16:
+        raise ConfigError(f"smp DPT on a patch-{patch} ViT ({name!r}) is not converted: smp resamples by "
+                          f"{patch}/4 ... there, pixelwise brings every ViT to stride 16; patch-16 encoders are")
+    if prefix > 1 and readout == "add":
+        raise ConfigError(f"smp DPT decoder_readout='add' on {name!r} averages its {prefix} prefix tokens; "
+                          "not converted (pixelwise adds the class token)")
+    indices = config.get("encoder_output_indices") or [int(blocks / 4 * k) - 1 for k in (1, 2, 3, 4)]
+    kwargs["indices"] = list(indices)
+    last = max(i % blocks for i in indices)
+    unit = {"residual_conv_block1": "skip_unit", "residual_conv_block2": "unit"}
+    leaf = {"conv_1": "conv1", "batch_norm_1": "bn1", "conv_2": "conv2", "batch_norm_2": "bn2"}
+    unused = "|".join(str(i) for i in range(last + 1, blocks)) or "none"
+    rules = [
+        # forward_intermediates stops at the last tapped block, without the final norm or the head.
+        (rf"encoder\.model\.blocks\.({unused})\..+", None),
+        (r"encoder\.model\.(norm|fc_norm|head)\..+", None),
+        (r"(encoder\.model\..+)", r"\1"),
+        (r"decoder\.projection_blocks\.(\d)\.project\.0\.(\w+)", r"decoder.readouts.\1.project.0.\2"),
+        (r"decoder\.reassemble_blocks\.(\d)\.project_to_out_channel\.(\w+)", r"decoder.reassemble.\1.project.\2"),
+        (r"decoder\.reassemble_blocks\.(\d)\.upsample\.(\w+)", r"decoder.reassemble.\1.resize.\2"),
+        (r"decoder\.reassemble_blocks\.(\d)\.project_to_feature_dim\.(\w+)", r"decoder.convs.\1.\2"),
+        (r"decoder\.fusion_blocks\.(\d)\.(residual_conv_block[12])\.(\w+)\.(\w+)",
+         lambda m: f"decoder.fusion.{m[1]}.{unit[m[2]]}.{leaf[m[3]]}.{m[4]}"),
+        (r"decoder\.fusion_blocks\.(\d)\.project\.(\w+)", r"decoder.fusion.\1.project.\2"),
+        (r"segmentation_head\.head\.([014])\.(\w+)", r"head.\1.\2"),
+    ]
+    return "dpt", kwargs, rename(state, rules, source="smp DPT")
+
+
+ARCHITECTURES = {"DeepLabV3Plus": deeplabv3plus, "PSPNet": pspnet, "UnetPlusPlus": unetplusplus, "DPT": dpt}
