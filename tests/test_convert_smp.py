@@ -124,3 +124,16 @@ def test_dpt(readout, indices, tmp_path):
     model = _check(randomise(ref, std=0.05), tmp_path)
     assert model.config["fusion_coarsest_unit"] and model.config["encoder_kwargs"] == {"img_size": 64}
     assert model.config["indices"] == (indices or [2, 5, 8, 11])
+
+
+def test_dpt_refuses_other_patch_sizes_and_depths():
+    from pixelwise.convert import convert_state
+    from pixelwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="patch-14"):
+        convert_state("smp", {}, {"_model_class": "DPT", "encoder_name": "tu-vit_small_patch14_dinov2",
+                                  "img_size": 56})
+    with pytest.raises(ConfigError, match="encoder_depth"):
+        convert_state("smp", {}, {"_model_class": "DPT", "encoder_depth": 3})
+    with pytest.raises(ConfigError, match="plain ViT"):
+        convert_state("smp", {}, {"_model_class": "DPT", "encoder_name": "tu-resnet18"})

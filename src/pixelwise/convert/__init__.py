@@ -8,7 +8,7 @@ Sources:
     torchvision: a state-dict file of torchvision.models.segmentation (fcn_resnet50/101,
           deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large).
     smp:  a folder written by smp's ``save_pretrained`` (config.json with ``_model_class``): Unet, UnetPlusPlus,
-          Segformer, DeepLabV3, DeepLabV3Plus, FPN, PSPNet, UPerNet.
+          Segformer, DeepLabV3, DeepLabV3Plus, FPN, PSPNet, UPerNet, DPT.
     mmseg: an MMSegmentation checkpoint (``.pth``; its ``state_dict`` entry): SegFormer, PSPNet.
     hf:   a transformers model folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``):
           SegformerForSemanticSegmentation, UperNetForSemanticSegmentation (ConvNeXt), DPTForSemanticSegmentation.

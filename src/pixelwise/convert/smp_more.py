@@ -1,5 +1,5 @@
 """segmentation_models.pytorch (smp) checkpoints -> pixelwise, continued: ``DeepLabV3Plus``,
-``PSPNet`` and ``UnetPlusPlus`` (``smp.py`` has the encoders and the other architectures).
+``PSPNet``, ``UnetPlusPlus`` and ``DPT`` (``smp.py`` has the encoders and the other architectures).
 
 Facts read from smp 0.6's ``decoders/deeplabv3``, ``decoders/pspnet`` and
 ``decoders/unetplusplus`` (smp is not imported):
@@ -14,6 +14,9 @@ Facts read from smp 0.6's ``decoders/deeplabv3``, ``decoders/pspnet`` and
 - UnetPlusPlus: nearest upsampling without parameters, ``cat([up, X^{i,j-1}, ..., X^{i,0}])``,
   the nodes inside a level as wide as the encoder feature of that level and the last node
   of level ``i`` ``decoder_channels[D-1-i]`` wide, one more block at stride 1, a 3×3 head.
+- DPT: timm ViT features from ``forward_intermediates`` (no final norm), readout ``cat`` =
+  [patch token, class token] -> Linear + GELU, batch-normed residual units, the coarsest fusion
+  block running both its units, no auxiliary head; extra config keys are ``timm.create_model``'s.
 """
 
 from __future__ import annotations
@@ -189,8 +192,8 @@ def dpt(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Te
     probe = timm.create_model(name[3:], pretrained=False, in_chans=kwargs["in_channels"], **encoder_kwargs)
     patch, blocks, prefix = probe.patch_embed.patch_size[0], len(probe.blocks), getattr(probe, "num_prefix_tokens", 1)
     if patch != 16:
-        raise ConfigError(f"smp DPT on a patch-{patch} ViT ({name!r}) is not converted: smp resamples by "
-                          f"{patch}/4 ... there, pixelwise brings every ViT to stride 16; patch-16 encoders are")
+        raise ConfigError(f"smp DPT on a patch-{patch} ViT ({name!r}) is not converted: smp's reassembly factors "
+                          f"follow the patch size, pixelwise resamples every ViT to stride 16; patch-16 encoders are")
     if prefix > 1 and readout == "add":
         raise ConfigError(f"smp DPT decoder_readout='add' on {name!r} averages its {prefix} prefix tokens; "
                           "not converted (pixelwise adds the class token)")
