@@ -53,6 +53,14 @@ def test_deeplabv3(encoder, output_stride, tmp_path):
     _check(randomise(ref, std=0.05), tmp_path)
 
 
+def test_deeplabv3_separable_aspp_narrow_decoder(tmp_path):
+    torch.manual_seed(0)
+    ref = smp.DeepLabV3(encoder_name="resnet18", encoder_weights=None, classes=3, decoder_aspp_separable=True,
+                        decoder_channels=32)
+    model = _check(randomise(ref, std=0.05), tmp_path)
+    assert model.config["separable_inner"] == "none" and model.config["decoder_channels"] == 32
+
+
 @pytest.mark.parametrize("encoder", ["resnet18", "tu-resnet18"])
 def test_fpn(encoder, tmp_path):
     torch.manual_seed(0)

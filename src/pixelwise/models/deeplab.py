@@ -41,8 +41,8 @@ class DeepLabV3Decoder(nn.Sequential):
     """ASPP on the deepest feature, then a 3×3 ConvNormAct: features -> ``(N, channels, H/os, W/os)``."""
 
     def __init__(self, in_channels: int, *, channels: int = 256, rates: Sequence[int] = (12, 24, 36),
-                 separable: bool = False) -> None:
-        super().__init__(ASPP(in_channels, channels, rates, separable=separable),
+                 separable: bool = False, separable_inner: str = "norm") -> None:
+        super().__init__(ASPP(in_channels, channels, rates, separable=separable, separable_inner=separable_inner),
                          ConvNormAct(channels, channels, 3, norm="batch"))
         self.out_channels = channels
 
@@ -97,16 +97,19 @@ class DeepLabV3PlusDecoder(nn.Module):
 def deeplabv3(*, num_classes: int, in_channels: int = 3, encoder: str = "resnet50", encoder_weights: str | None = None,
               output_stride: int = 8, rates: list[int] | None = None, aux: bool = True, aux_weight: float = 0.4,
               separable: bool = False, pad_multiple: int | None = None, encoder_dilation: str = "timm",
-              upsample_align_corners: bool = False) -> SegmentationModel:
+              upsample_align_corners: bool = False, decoder_channels: int = 256,
+              separable_inner: str = "norm") -> SegmentationModel:
     """DeepLab v3 (Chen et al. 2017): dilated encoder (output stride 8/16) + ASPP with image pooling.
 
     ``aux=True`` adds torchvision's auxiliary FCN head on the stride-16 stage (training only).
     ``pad_multiple=1`` runs odd sizes unpadded, as torchvision does (converted weights then match exactly).
-    ``encoder_dilation="smp"`` and ``upsample_align_corners=True`` reproduce smp's ``DeepLabV3``.
+    ``encoder_dilation="smp"`` and ``upsample_align_corners=True`` reproduce smp's ``DeepLabV3``
+    (with ``separable_inner="none"`` its separable ASPP; see :class:`SeparableConvNormAct`).
     """
     enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights, output_stride=output_stride,
                         **({"dilation": encoder_dilation} if encoder_dilation != "timm" else {}))
-    dec = DeepLabV3Decoder(enc.out_channels[-1], rates=_rates(output_stride, rates), separable=separable)
+    dec = DeepLabV3Decoder(enc.out_channels[-1], channels=decoder_channels, rates=_rates(output_stride, rates),
+                           separable=separable, separable_inner=separable_inner)
     aux_head = AuxHead(enc.out_channels[-2], num_classes) if aux else None
     return SegmentationModel(enc, dec, nn.Conv2d(dec.out_channels, num_classes, 1), aux_head, aux_weight=aux_weight,
                              pad_multiple=pad_multiple, upsample_align_corners=upsample_align_corners)
