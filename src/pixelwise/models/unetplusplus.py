@@ -149,8 +149,11 @@ class UNetPlusPlus(nn.Module):
         if not self.deep_supervision:
             top = self.decoder(features)[-1]
             if self.top is not None:
-                top = self.top(F.interpolate(top, size=tuple(size), mode=self.decoder.mode,
-                                             **({} if self.decoder.mode == "nearest" else {"align_corners": False})))
+                if self.decoder.mode == "nearest":
+                    top = F.interpolate(top, size=size, mode="nearest")
+                else:
+                    top = F.interpolate(top, size=size, mode="bilinear", align_corners=False)
+                top = self.top(top)
             return _resize_crop(self.heads[0](top), size, h, w)
         if not self.training and self.prune_level is not None:
             top = self.decoder(features, self.prune_level)
