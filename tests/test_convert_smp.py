@@ -95,8 +95,7 @@ def test_pspnet(encoder, depth, tmp_path):
     assert model.config["bottleneck_kernel"] == 1 and not model.config["aux"]
 
 
-@pytest.mark.parametrize("encoder,interpolation", [("resnet18", "nearest"), ("tu-resnet18", "nearest"),
-                                                   ("resnet18", "bilinear")])
+@pytest.mark.parametrize("encoder,interpolation", [("resnet18", "nearest"), ("tu-resnet18", "bilinear")])
 def test_unetplusplus(encoder, interpolation, tmp_path):
     torch.manual_seed(0)
     ref = smp.UnetPlusPlus(encoder_name=encoder, encoder_weights=None, classes=3, decoder_channels=[32, 16, 16, 8, 8],
