@@ -7,7 +7,8 @@ folder that ``pixelwise eval / predict / export / serve`` and ``model.init_from`
 Sources:
     torchvision: a state-dict file of torchvision.models.segmentation (fcn_resnet50/101,
           deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large).
-    smp:  a folder written by smp's ``save_pretrained`` (config.json with ``_model_class``): Unet, Segformer.
+    smp:  a folder written by smp's ``save_pretrained`` (config.json with ``_model_class``): Unet, UnetPlusPlus,
+          Segformer, DeepLabV3, DeepLabV3Plus, FPN, PSPNet, UPerNet, DPT.
     mmseg: an MMSegmentation checkpoint (``.pth``; its ``state_dict`` entry): SegFormer, PSPNet.
     hf:   a transformers model folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``):
           SegformerForSemanticSegmentation, UperNetForSemanticSegmentation (ConvNeXt), DPTForSemanticSegmentation.
@@ -23,13 +24,14 @@ from torch import Tensor, nn
 from ..encoders import load_state_file
 from ..errors import ConfigError
 from ..remote import HubSource, fetch, is_remote, parse
-from . import hf, mmseg, smp
+from . import hf, mmseg, smp, smp_more
 from . import torchvision as tv
 from .keymap import load_into
 
 __all__ = ["SOURCES", "convert", "convert_state", "build_converted"]
 
 SOURCES = ("torchvision", "smp", "hf", "mmseg")
+SMP_ARCHITECTURES = {**smp.ARCHITECTURES, **smp_more.ARCHITECTURES}
 
 
 def build_converted(kwargs: dict, name: str, state: dict[str, Tensor], *, source: str) -> nn.Module:
@@ -54,9 +56,9 @@ def convert_state(source: str, state: dict[str, Tensor], config: dict) -> nn.Mod
         return build_converted(kwargs, name, renamed, source=f"transformers {arch}")
     if source == "smp":
         arch = config.get("_model_class")
-        if arch not in smp.ARCHITECTURES:
-            raise ConfigError(f"smp model {arch!r} is not converted yet; supported: {', '.join(smp.ARCHITECTURES)}")
-        name, kwargs, renamed = smp.ARCHITECTURES[arch](config, state)
+        if arch not in SMP_ARCHITECTURES:
+            raise ConfigError(f"smp model {arch!r} is not converted yet; supported: {', '.join(SMP_ARCHITECTURES)}")
+        name, kwargs, renamed = SMP_ARCHITECTURES[arch](config, state)
         return build_converted(kwargs, name, renamed, source=f"smp {arch}")
     if source == "mmseg":
         name, kwargs, renamed = mmseg.convert(state)
@@ -107,9 +109,9 @@ def _read_smp(src: Path) -> tuple[dict, dict[str, Tensor]]:
     if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
         raise ConfigError(f"{str(src)!r} is not an smp save_pretrained folder (config.json + model.safetensors)")
     config = json.loads((src / "config.json").read_text())
-    if config.get("_model_class") not in smp.ARCHITECTURES:
+    if config.get("_model_class") not in SMP_ARCHITECTURES:
         raise ConfigError(f"smp model {config.get('_model_class')!r} in {str(src)!r} is not converted yet; "
-                          f"supported: {', '.join(smp.ARCHITECTURES)}")
+                          f"supported: {', '.join(SMP_ARCHITECTURES)}")
     return config, load_state_file(src / "model.safetensors")
 
 

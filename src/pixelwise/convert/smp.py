@@ -129,21 +129,26 @@ def segformer(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[s
 
 def deeplabv3(config: dict, state: dict[str, Tensor]) -> tuple[str, dict, dict[str, Tensor]]:
     """smp ``DeepLabV3`` -> ``create_model("deeplabv3", encoder_dilation="smp", upsample_align_corners=True, ...)``."""
-    if config.get("decoder_aspp_separable", False) or int(config.get("decoder_channels", 256)) != 256:
-        raise ConfigError("only smp DeepLabV3 with decoder_channels=256 and a plain (not separable) ASPP is converted")
     if config.get("upsampling") not in (None, config.get("encoder_output_stride", 8)) or config.get("aux_params"):
         raise ConfigError("smp DeepLabV3 with a custom upsampling or aux_params is not converted")
     encoder, rules = _encoder(config)
+    separable = bool(config.get("decoder_aspp_separable", False))
     kwargs = {"num_classes": int(config.get("classes", 1)), "in_channels": int(config.get("in_channels", 3)),
               "encoder": encoder, "output_stride": int(config.get("encoder_output_stride", 8)),
               "rates": list(config.get("decoder_atrous_rates", [12, 24, 36])), "aux": False,
-              "upsample_align_corners": True,
+              "upsample_align_corners": True, "decoder_channels": int(config.get("decoder_channels", 256)),
+              # smp's SeparableConv2d has no norm between its depthwise and pointwise convolutions.
+              "separable": separable, "separable_inner": "none" if separable else "norm",
               # smp dilates its own ResNets with make_dilated; tu- encoders use timm's output_stride.
               "encoder_dilation": "smp" if config.get("encoder_name", "resnet34") in RESNETS else "timm"}
-    rules = rules + [
-        (r"decoder\.aspp\.convs\.([0-3])\.([01])\.(\w+)", r"decoder.0.branches.\1.\2.\3"),
-        (r"decoder\.aspp\.convs\.4\.1\.(\w+)", r"decoder.0.branches.4.1.0.\1"),
-        (r"decoder\.aspp\.convs\.4\.2\.(\w+)", r"decoder.0.branches.4.1.1.\1"),
+    a = r"decoder\.aspp\.convs\."
+    branches = ([(a + r"([1-3])\.0\.0\.(\w+)", r"decoder.0.branches.\1.0.\2"),
+                 (a + r"([1-3])\.0\.1\.(\w+)", r"decoder.0.branches.\1.2.\2"),
+                 (a + r"([1-3])\.1\.(\w+)", r"decoder.0.branches.\1.3.\2")] if separable else [])
+    rules = rules + branches + [
+        (a + r"([0-3])\.([01])\.(\w+)", r"decoder.0.branches.\1.\2.\3"),
+        (a + r"4\.1\.(\w+)", r"decoder.0.branches.4.1.0.\1"),
+        (a + r"4\.2\.(\w+)", r"decoder.0.branches.4.1.1.\1"),
         (r"decoder\.aspp\.project\.([01])\.(\w+)", r"decoder.0.project.0.\1.\2"),
         (r"decoder\.conv\.(\w+)", r"decoder.1.0.\1"),
         (r"decoder\.bn\.(\w+)", r"decoder.1.1.\1"),

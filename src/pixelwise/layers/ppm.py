@@ -60,17 +60,26 @@ class AdaptiveAvgPool(nn.Module):
 
 class PyramidPooling(nn.Module):
     """``(N, C, H, W)`` -> ``(N, C + len(bins) * C_b, H, W)``; ``C_b = channels`` or, by default
-    (PSPNet), ``C // len(bins)``. UPerNet uses a fixed ``channels`` (512)."""
+    (PSPNet), ``C // len(bins)``. UPerNet uses a fixed ``channels`` (512).
+
+    ``align_corners`` is that of the bilinear upsampling of the pooled maps (smp: True);
+    ``global_norm=False`` gives the 1×1 bin a biased convolution and no norm (smp's PSPNet,
+    where batch norm on a 1×1 map fails in training at batch size 1).
+    """
 
     def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), *, norm: str = "batch",
-                 channels: int | None = None) -> None:
+                 channels: int | None = None, align_corners: bool = False, global_norm: bool = True) -> None:
         super().__init__()
         reduced = channels or in_channels // len(bins)
+        self.align_corners = align_corners
         self.stages = nn.ModuleList(
-            nn.Sequential(AdaptiveAvgPool(b), ConvNormAct(in_channels, reduced, 1, norm=norm)) for b in bins)
+            nn.Sequential(AdaptiveAvgPool(b),
+                          ConvNormAct(in_channels, reduced, 1, norm="none" if b == 1 and not global_norm else norm))
+            for b in bins)
         self.out_channels = in_channels + reduced * len(bins)
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
-        pooled = [F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False) for stage in self.stages]
+        pooled = [F.interpolate(stage(x), size=size, mode="bilinear", align_corners=self.align_corners)
+                  for stage in self.stages]
         return torch.cat([x, *pooled], dim=1)

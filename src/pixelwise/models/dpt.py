@@ -72,7 +72,9 @@ class FusionBlock(nn.Module):
         self.project = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
-        if skip is not None and self.skip_unit is not None:
+        if skip is None and self.skip_unit is not None:  # smp: the coarsest level runs through both units
+            x = self.skip_unit(x)
+        elif skip is not None and self.skip_unit is not None:
             if skip.shape[-2:] != x.shape[-2:]:
                 skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = x + self.skip_unit(skip)
@@ -82,15 +84,18 @@ class FusionBlock(nn.Module):
 
 class DPTDecoder(nn.Module):
     """Reassemble (readout, 1×1, resample) + 3×3 to ``fusion_channels`` + four fusion blocks:
-    token grids of four blocks -> ``[fused at 1/16, 1/8, 1/4, 1/2]`` (coarse to fine)."""
+    token grids of four blocks -> ``[fused at 1/16, 1/8, 1/4, 1/2]`` (coarse to fine).
+
+    ``coarsest_unit=True`` gives the coarsest fusion block its first residual unit too, run on
+    that level alone (smp's DPT; the reference code and transformers skip it)."""
 
     def __init__(self, dim: int, *, readout: str = "project", neck_channels: list[int] = (256, 512, 1024, 1024),
-                 fusion_channels: int = 256, batch_norm: bool = False) -> None:
+                 fusion_channels: int = 256, batch_norm: bool = False, coarsest_unit: bool = False) -> None:
         super().__init__()
         self.readouts = nn.ModuleList(Readout(dim, readout) for _ in neck_channels)
         self.reassemble = nn.ModuleList(Reassemble(dim, c, s) for c, s in zip(neck_channels, (4, 8, 16, 32)))
         self.convs = nn.ModuleList(nn.Conv2d(c, fusion_channels, 3, padding=1, bias=False) for c in neck_channels)
-        self.fusion = nn.ModuleList(FusionBlock(fusion_channels, batch_norm=batch_norm, skip=i > 0)
+        self.fusion = nn.ModuleList(FusionBlock(fusion_channels, batch_norm=batch_norm, skip=i > 0 or coarsest_unit)
                                     for i in range(len(neck_channels)))
         self.out_channels = fusion_channels
 
@@ -141,12 +146,14 @@ def dpt(*, num_classes: int, in_channels: int = 3, encoder: str = "vit_large_pat
         encoder_weights: str | None = None, indices: list[int] | None = None, readout: str = "project",
         neck_channels: list[int] | None = None, fusion_channels: int = 256, fusion_batch_norm: bool = False,
         aux: bool = True, aux_weight: float = 0.4, dropout: float = 0.1, pos_interpolation: str = "bicubic",
-        layer_norm_eps: float | None = None, encoder_kwargs: dict | None = None) -> DPT:
+        layer_norm_eps: float | None = None, encoder_kwargs: dict | None = None,
+        fusion_coarsest_unit: bool = False) -> DPT:
     """DPT (Ranftl et al. 2021): ViT (timm) + reassemble + fusion blocks; DPT-Large by default.
 
     ``indices`` default to four evenly spaced blocks (5/11/17/23 for ViT-L, 2/5/8/11 for ViT-B),
     ``neck_channels`` to 256/512/1024/1024 (ViT-L) or ``[D/8, D/4, D/2, D]``.
-    ``pos_interpolation="bilinear"`` and ``layer_norm_eps=1e-12`` reproduce transformers' DPT.
+    ``pos_interpolation="bilinear"`` and ``layer_norm_eps=1e-12`` reproduce transformers' DPT;
+    ``fusion_batch_norm=True, fusion_coarsest_unit=True, aux=False`` smp's (see :class:`DPTDecoder`).
     """
     timm_kwargs = dict(encoder_kwargs or {})
     if layer_norm_eps is not None:
@@ -161,7 +168,7 @@ def dpt(*, num_classes: int, in_channels: int = 3, encoder: str = "vit_large_pat
     if len(tokens.indices) != 4 or len(neck_channels) != 4:
         raise ConfigError(f"DPT taps 4 blocks: got indices {tokens.indices} and neck_channels {neck_channels}")
     dec = DPTDecoder(d, readout=readout, neck_channels=list(neck_channels), fusion_channels=fusion_channels,
-                     batch_norm=fusion_batch_norm)
+                     batch_norm=fusion_batch_norm, coarsest_unit=fusion_coarsest_unit)
     head = DPTHead(fusion_channels, num_classes, dropout=dropout)
     aux_head = DPTHead(fusion_channels, num_classes, dropout=0.1) if aux else None
     return DPT(tokens, dec, head, aux_head, aux_weight=aux_weight)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders import build_encoder
+from ..errors import ConfigError
 from ..layers import DoubleConv
 from ..registry import MODELS, register
 from .model import SegmentationOutput, _resize_crop, pad_to_multiple
@@ -45,34 +46,51 @@ class NestedDecoder(nn.Module):
         reductions: their strides (each twice the previous one, or any integer ratio).
         node_channels: width of the decoder nodes of levels ``0 ... D-1``.
         norm: normalisation inside the node convolutions.
+        upsampling: ``"transposed"`` (the paper's 2×2 up-convolution to the node width where
+            strides double, else bilinear), ``"nearest"`` or ``"bilinear"`` (no parameters; the
+            node below keeps its width; smp's decoder is nearest).
+        last_node_channels: width of the last node of each level, ``X^{i,D-i}`` (default
+            ``node_channels[i]``); smp's nodes are ``encoder_channels[i]`` wide inside a level
+            and its ``decoder_channels`` give the last ones.
 
     ``forward(features, max_level)`` -> ``[X^{0,1}, ..., X^{0,max_level}]``, each
     ``(N, node_channels[0], H/r_0, W/r_0)``; only nodes with ``i + j <= max_level`` run.
     """
 
     def __init__(self, encoder_channels: list[int], reductions: list[int], node_channels: list[int], *,
-                 norm: str = "batch") -> None:
+                 norm: str = "batch", upsampling: str = "transposed",
+                 last_node_channels: list[int] | None = None) -> None:
         super().__init__()
         depth = len(encoder_channels) - 1
-        if len(node_channels) != depth:
-            raise ValueError(f"node_channels needs one width per decoder level ({depth} for encoder channels "
-                             f"{encoder_channels}), got {len(node_channels)}: {node_channels}")
-        self.depth = depth
+        for name, widths in (("node_channels", node_channels), ("last_node_channels", last_node_channels)):
+            if widths is not None and len(widths) != depth:
+                raise ValueError(f"{name} needs one width per decoder level ({depth} for encoder channels "
+                                 f"{encoder_channels}), got {len(widths)}: {widths}")
+        if upsampling not in ("transposed", "nearest", "bilinear"):
+            raise ValueError(f"upsampling must be 'transposed', 'nearest' or 'bilinear', got {upsampling!r}")
+        self.depth, self.mode = depth, "nearest" if upsampling == "nearest" else "bilinear"
+        self._widths = (list(encoder_channels), list(node_channels), list(last_node_channels or node_channels))
+        width = self.node_width
         # ups[f"{i}_{j}"] brings X^{i+1,j-1} up to level i; blocks[f"{i}_{j}"] is H of node X^{i,j}.
         self.ups, self.blocks = nn.ModuleDict(), nn.ModuleDict()
         for j in range(1, depth + 1):
             for i in range(depth - j + 1):
-                below = encoder_channels[i + 1] if j == 1 else node_channels[i + 1]
+                below = width(i + 1, j - 1)
                 # The paper's 2x2 up-convolution when strides double, else interpolation.
-                if reductions[i + 1] == 2 * reductions[i]:
+                if upsampling == "transposed" and reductions[i + 1] == 2 * reductions[i]:
                     self.ups[f"{i}_{j}"] = nn.ConvTranspose2d(below, node_channels[i], 2, stride=2)
                     up_channels = node_channels[i]
                 else:
                     self.ups[f"{i}_{j}"] = nn.Identity()
                     up_channels = below
                 same_level = encoder_channels[i] + (j - 1) * node_channels[i]
-                self.blocks[f"{i}_{j}"] = DoubleConv(same_level + up_channels, node_channels[i], norm=norm)
-        self.out_channels = node_channels[0]
+                self.blocks[f"{i}_{j}"] = DoubleConv(same_level + up_channels, width(i, j), norm=norm)
+        self.out_channels = width(0, depth)
+
+    def node_width(self, i: int, j: int) -> int:
+        """Channels of node ``X^{i,j}`` (``j = 0``: the encoder feature)."""
+        encoder, inner, last = self._widths
+        return encoder[i] if j == 0 else last[i] if i + j == self.depth else inner[i]
 
     @property
     def num_nodes(self) -> int:
@@ -87,7 +105,8 @@ class NestedDecoder(nn.Module):
             for i in range(max_level - j + 1):
                 up = self.ups[f"{i}_{j}"](grid[i + 1][j - 1])
                 if up.shape[-2:] != grid[i][0].shape[-2:]:
-                    up = F.interpolate(up, size=grid[i][0].shape[-2:], mode="bilinear", align_corners=False)
+                    up = (F.interpolate(up, size=grid[i][0].shape[-2:], mode="nearest") if self.mode == "nearest" else
+                          F.interpolate(up, size=grid[i][0].shape[-2:], mode="bilinear", align_corners=False))
                 grid[i].append(self.blocks[f"{i}_{j}"](torch.cat([*grid[i], up], dim=1)))
         return grid[0][1:]
 
@@ -95,20 +114,30 @@ class NestedDecoder(nn.Module):
 class UNetPlusPlus(nn.Module):
     """U-Net++: encoder, nested decoder, one 1×1 head per supervised top node.
 
+    ``top_channels``: one more double convolution (``top_channels`` wide) on the last top node
+    upsampled from the encoder's stride 2 to stride 1, before the head (smp's last decoder
+    block; not with deep supervision). ``head_kernel=3``: smp's 3×3 head.
+
     ``forward``: ``(N, C_in, H, W)``, any H, W -> ``(N, num_classes, H, W)`` in eval mode;
     in training mode with deep supervision a :class:`SegmentationOutput` (see module docs).
     """
 
     def __init__(self, encoder: nn.Module, decoder: NestedDecoder, num_classes: int, *,
-                 deep_supervision: bool = False, prune_level: int | None = None) -> None:
+                 deep_supervision: bool = False, prune_level: int | None = None, top_channels: int | None = None,
+                 head_kernel: int = 1, norm: str = "batch") -> None:
         super().__init__()
         if prune_level is not None and not (deep_supervision and 1 <= prune_level <= decoder.depth):
             raise ValueError(f"prune_level={prune_level} needs deep_supervision=True and 1 <= prune_level <= "
                              f"{decoder.depth} (the depth); use None for the full network")
+        if top_channels is not None and (deep_supervision or encoder.reductions[0] != 2):
+            raise ConfigError(f"top_channels={top_channels} needs deep_supervision=False and an encoder whose first "
+                              f"feature is at stride 2 (this one: {encoder.reductions[0]}); leave it None")
         self.encoder, self.decoder = encoder, decoder
         self.deep_supervision, self.prune_level = deep_supervision, prune_level
-        n_heads = decoder.depth if deep_supervision else 1
-        self.heads = nn.ModuleList(nn.Conv2d(decoder.out_channels, num_classes, 1) for _ in range(n_heads))
+        self.top = DoubleConv(decoder.out_channels, top_channels, norm=norm) if top_channels else None
+        widths = ([decoder.node_width(0, j) for j in range(1, decoder.depth + 1)] if deep_supervision
+                  else [top_channels or decoder.out_channels])
+        self.heads = nn.ModuleList(nn.Conv2d(w, num_classes, head_kernel, padding=head_kernel // 2) for w in widths)
         self.pad_multiple = max(encoder.reductions)
         self.config: dict = {}
 
@@ -118,7 +147,14 @@ class UNetPlusPlus(nn.Module):
         size = x.shape[-2:]
         features = self.encoder(x)
         if not self.deep_supervision:
-            return _resize_crop(self.heads[0](self.decoder(features)[-1]), size, h, w)
+            top = self.decoder(features)[-1]
+            if self.top is not None:
+                if self.decoder.mode == "nearest":
+                    top = F.interpolate(top, size=size, mode="nearest")
+                else:
+                    top = F.interpolate(top, size=size, mode="bilinear", align_corners=False)
+                top = self.top(top)
+            return _resize_crop(self.heads[0](top), size, h, w)
         if not self.training and self.prune_level is not None:
             top = self.decoder(features, self.prune_level)
             return _resize_crop(self.heads[self.prune_level - 1](top[-1]), size, h, w)
@@ -132,7 +168,9 @@ class UNetPlusPlus(nn.Module):
 def unetplusplus(*, num_classes: int, in_channels: int = 3, encoder: str | None = None,
                  encoder_weights: str | None = None, base_channels: int = 32, depth: int = 4,
                  norm: str = "batch", decoder_channels: list[int] | None = None, deep_supervision: bool = False,
-                 prune_level: int | None = None) -> UNetPlusPlus:
+                 prune_level: int | None = None, upsampling: str = "transposed",
+                 last_node_channels: list[int] | None = None, top_channels: int | None = None,
+                 head_kernel: int = 1) -> UNetPlusPlus:
     """U-Net++ (Zhou et al. 2018): nested dense skip pathways, optional deep supervision.
 
     ``encoder=None``: the paper's network (``base_channels=32, depth=4``: widths 32 ... 512,
@@ -141,6 +179,9 @@ def unetplusplus(*, num_classes: int, in_channels: int = 3, encoder: str | None 
     1 class). Batch norm is the default here for stable training from scratch. With an encoder (timm name,
     ``tv:NAME``, ``vgg16``) the node widths are ``decoder_channels`` (default
     ``32, 64, 128, 256, ...`` capped at 256, one per level below the deepest).
+    smp's ``UnetPlusPlus`` (``convert --from smp``) is ``upsampling="nearest"``, ``decoder_channels``
+    the encoder's widths, ``last_node_channels`` and ``top_channels`` from smp's ``decoder_channels``
+    and ``head_kernel=3`` (see :class:`NestedDecoder`, :class:`UNetPlusPlus`).
     """
     if encoder is None:
         if encoder_weights is not None:
@@ -150,5 +191,7 @@ def unetplusplus(*, num_classes: int, in_channels: int = 3, encoder: str | None 
     else:
         enc = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights)
         channels = decoder_channels or [min(32 * 2**i, 256) for i in range(len(enc.out_channels) - 1)]
-    dec = NestedDecoder(list(enc.out_channels), list(enc.reductions), list(channels), norm=norm)
-    return UNetPlusPlus(enc, dec, num_classes, deep_supervision=deep_supervision, prune_level=prune_level)
+    dec = NestedDecoder(list(enc.out_channels), list(enc.reductions), list(channels), norm=norm,
+                        upsampling=upsampling, last_node_channels=last_node_channels)
+    return UNetPlusPlus(enc, dec, num_classes, deep_supervision=deep_supervision, prune_level=prune_level,
+                        top_channels=top_channels, head_kernel=head_kernel, norm=norm)
