@@ -141,9 +141,15 @@ def test_coco_panoptic_files_and_their_errors(tmp_path):
     result = evaluate_panoptic_files(tmp_path / "gt.json", gt_dir, tmp_path / "pred.json", pred_dir)
     assert result["all"] == direct.compute()["all"] and result["images"] == 3
     assert result["per_class"][1]["name"] == "c1"
+    from pixelwise.cli import main
+
+    assert main(["pq", str(tmp_path / "gt.json"), str(gt_dir), str(tmp_path / "pred.json"), str(pred_dir),
+                 "--per-class", "--json", str(tmp_path / "pq.json")]) == 0
+    assert json.loads((tmp_path / "pq.json").read_text())["all"]["pq"] == pytest.approx(result["all"]["pq"])
     pred_json["annotations"][0]["segments_info"] = pred_json["annotations"][0]["segments_info"][1:]
     (tmp_path / "pred.json").write_text(json.dumps(pred_json))
     with pytest.raises(DataError, match=r"0.png: predicted segment id \d+ is in the PNG but not in segments_info"):
         evaluate_panoptic_files(tmp_path / "gt.json", gt_dir, tmp_path / "pred.json", pred_dir)
+    assert main(["pq", str(tmp_path / "gt.json"), str(gt_dir), str(tmp_path / "pred.json"), str(pred_dir)]) == 2
     with pytest.raises(ValueError, match="both as things and as stuff"):
         PanopticQuality(things=[1], stuff=[1])

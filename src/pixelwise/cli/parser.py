@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .models import FORMAT_DEFAULT, cmd_convert, cmd_export, cmd_predict, cmd_push, cmd_serve
-from .runs import cmd_annotate, cmd_check, cmd_demo, cmd_eval, cmd_models, cmd_separate, cmd_train
+from .runs import cmd_annotate, cmd_check, cmd_demo, cmd_eval, cmd_models, cmd_pq, cmd_separate, cmd_train
 
 BACKEND_CHOICES = ["torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8"]
 
@@ -153,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to push to (default: the repository's default branch)")
     p.add_argument("--message", help="commit message")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("pq", help="panoptic quality (PQ, SQ, RQ) of COCO-format panoptic predictions")
+    p.add_argument("gt_json", help="ground truth: COCO panoptic JSON (categories with isthing, annotations)")
+    p.add_argument("gt_dir", help="folder of the ground-truth panoptic PNGs")
+    p.add_argument("pred_json", help="predictions in the same format (annotations[].segments_info)")
+    p.add_argument("pred_dir", help="folder of the predicted panoptic PNGs")
+    p.add_argument("--per-class", action="store_true", help="also print every category's PQ, SQ, RQ, TP, FP, FN")
+    p.add_argument("--json", help="write the full result to this JSON file")
+    p.set_defaults(func=cmd_pq)
 
     p = sub.add_parser("separate", help="split a WAV file into source + residual with a saved audio separator")
     p.add_argument("checkpoint", help="separator folder (config.json + model.safetensors, from save_separator)")

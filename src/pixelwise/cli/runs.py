@@ -147,3 +147,25 @@ def cmd_separate(args: argparse.Namespace) -> int:
     source, residual = separate(args.checkpoint, args.input, args.out, device=args.device)
     print(f"wrote {source} and {residual}")
     return 0
+
+
+def cmd_pq(args: argparse.Namespace) -> int:
+    """``pixelwise pq``: panoptic quality of COCO-format panoptic predictions against ground truth."""
+    import json
+
+    from ..metrics.panoptic import evaluate_panoptic_files
+
+    result = evaluate_panoptic_files(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir)
+    print(f"{'':12s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s} {'classes':>8s}")
+    for group in ("all", "things", "stuff"):
+        r = result[group]
+        print(f"{group:12s} {100 * r['pq']:6.2f} {100 * r['sq']:6.2f} {100 * r['rq']:6.2f} {r['n']:8d}")
+    if args.per_class:
+        for c, r in result["per_class"].items():
+            if r["tp"] + r["fp"] + r["fn"]:
+                print(f"  {r['name'][:20]:20s} PQ {100 * r['pq']:6.2f}  SQ {100 * r['sq']:6.2f}  RQ {100 * r['rq']:6.2f}"
+                      f"  TP {r['tp']} FP {r['fp']} FN {r['fn']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+        print(f"JSON: {args.json}")
+    return 0
