@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 
-from ..data.io import TIFF_MAGIC, decode_image
+from ..data.decode import TIFF_MAGIC
+from ..data.io import decode_image
 from ..errors import ConfigError, DataError
 
 __all__ = ["ServeLimits", "RequestError", "ALLOWED_FORMATS", "decode_upload", "probe_upload", "log_rejection"]
