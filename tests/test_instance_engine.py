@@ -4,6 +4,10 @@ predict (overlays, semantic PNGs, COCO-RLE JSON that pycocotools loads)."""
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +120,27 @@ def test_predict_writes_overlays_semantic_and_loadable_coco_json(trained, capsys
         det = model([torch.from_numpy(dataset.generate(0)[0]).permute(2, 0, 1).float() / 255])[0]
     expected = instances_to_semantic(det.masks, det.labels, det.scores).numpy()
     assert np.array_equal(read_mask(out / "img0_semantic.png"), expected)
+
+    # A rerun keeps both finished images; two torchrun processes write the same detections.
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run" / "best"), str(images), "--out", str(out), "--quiet"]) == 0
+    assert "wrote 0 prediction(s)" in capsys.readouterr().out
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "pixelwise", "predict", str(tmp_path / "run" / "best"), str(images), "--out",
+                           str(tmp_path / "pred2"), "--quiet"], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0/2: wrote 1 prediction(s)" in done.stdout and "rank 1/2: wrote 1 prediction(s)" in done.stdout
+    one, two = (json.loads((o / "images.json").read_text()) for o in (out, tmp_path / "pred2"))
+    assert one == two
+    a, b = (json.loads((o / "predictions.json").read_text()) for o in (out, tmp_path / "pred2"))
+    assert [(r["image_id"], r["category_id"]) for r in a] == [(r["image_id"], r["category_id"]) for r in b]
+    np.testing.assert_allclose([r["bbox"] for r in a], [r["bbox"] for r in b], atol=1e-2)
+    for i in range(2):
+        assert np.array_equal(read_mask(out / f"img{i}_semantic.png"),
+                              read_mask(tmp_path / "pred2" / f"img{i}_semantic.png"))
 
 
 def test_resume_continues_the_step_count(trained):

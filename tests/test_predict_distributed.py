@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from pixelwise import Segmenter, create_model
-from pixelwise.infer.predict import STATE_DIR, predict_paths
+from pixelwise.infer.predict import predict_paths
+from pixelwise.infer.shards import STATE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = "png,color,overlay,coco-rle,csv-rle"

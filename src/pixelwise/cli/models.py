@@ -11,13 +11,18 @@ from ..errors import PixelwiseError
 FORMAT_DEFAULT = "png,color,overlay"
 
 
-def _instance_predict(checkpoint: str, inputs: list[str], out: str, *, device: str, amp: str, quiet: bool) -> int:
+def _instance_predict(checkpoint: str, inputs: list[str], out: str, *, device: str, amp: str, quiet: bool,
+                      redo: bool) -> int:
     """``pixelwise predict`` for an instance model: overlays, semantic PNGs and COCO-RLE JSON."""
     from ..infer.instance import predict_instance_paths
 
-    result = predict_instance_paths(checkpoint, inputs, out, device=device, amp=amp, progress=not quiet)
-    print(f"wrote {len(result['written'])} prediction(s) with {result['detections']} detection(s) to {out} "
+    result = predict_instance_paths(checkpoint, inputs, out, device=device, amp=amp, progress=not quiet,
+                                    resume=not redo)
+    rank = f"rank {os.environ['RANK']}/{os.environ['WORLD_SIZE']}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 \
+        else ""
+    print(f"{rank}wrote {len(result['written'])} prediction(s) with {result['detections']} detection(s) to {out} "
           f"(COCO results: {result['predictions']})"
+          + (f"; kept {len(result['resumed'])} finished earlier" if result["resumed"] else "")
           + (f"; skipped {len(result['failed'])} unreadable file(s)" if result["failed"] else ""))
     return 1 if result["failed"] and not result["written"] else 0
 
@@ -38,11 +43,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               f"{'ies' if len(semantic_only) == 1 else 'y'} to semantic models only. An instance "
                               f"model writes NAME_instances.png, NAME_semantic.png and COCO-RLE predictions.json; "
                               f"it takes --device, --amp and --out")
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-            raise ConfigError(f"{args.checkpoint!r} holds an instance model, whose prediction runs in one process "
-                              f"(it is not sharded over torchrun ranks yet); run pixelwise predict without torchrun")
         return _instance_predict(args.checkpoint, args.inputs, args.out, device=args.device, amp=args.amp,
-                               quiet=args.quiet)
+                                 quiet=args.quiet, redo=args.redo)
     tta: str | dict = args.tta
     if args.scales is not None:
         try:

@@ -30,13 +30,15 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.io import read_image, write_image, write_mask
+from ..data.io import _atomic_write, read_image, write_image, write_mask
 from ..metrics.coco import coco_results
 from ..models.maskrcnn import Instances
 from ..postprocess.instances import instances_to_semantic
 from ..runtime import autocast
 from ..tasks.instance import load_instance_model
+from ..train.distributed import barrier, cleanup, setup
 from .predict import expand_inputs
+from .shards import ShardedRun, signature
 
 __all__ = ["detect_instances", "draw_instances", "draw_keypoints", "instance_colours", "predict_instance_paths"]
 
@@ -125,50 +127,72 @@ def detect_instances(model: torch.nn.Module, image: np.ndarray, *, device: str |
 @torch.no_grad()
 def predict_instance_paths(checkpoint: str | Path, inputs: Iterable[str | Path], out: str | Path, *,
                            device: str = "cpu", amp: str = "none", score_threshold: float = 0.5,
-                           mask_threshold: float = 0.5, progress: bool = False) -> dict:
+                           mask_threshold: float = 0.5, progress: bool = False, resume: bool = True) -> dict:
     """Run a saved instance model over image files / folders and write the outputs above.
 
-    Returns ``{"written": [image paths], "failed": [(path, error message)], "predictions": path of
-    predictions.json, "images": path of images.json, "detections": total detections}``.
+    As :func:`pixelwise.infer.predict.predict_paths`: a rerun into ``out`` with the same model and
+    settings keeps finished images (``resume=False`` redoes them), and under ``torchrun`` each rank
+    takes its shard while rank 0 merges ``images.json`` and ``predictions.json`` (image ids are
+    positions in the input list, from 1). Returns ``{"written": [image paths], "failed": [(path,
+    error message)], "resumed": [paths kept], "predictions": path of predictions.json, "images":
+    path of images.json, "detections": detections in this process's images}``.
     """
     from tqdm import tqdm
 
-    device_t = torch.device(device)
-    model, config = load_instance_model(checkpoint, device=device_t)
-    names = config.get("data", {}).get("class_names") or [f"class_{i}" for i in range(model.num_classes)]
-    keypoint_set = config.get("data", {}).get("keypoints") or {}
-    skeleton = keypoint_set.get("skeleton", [])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    images, results, written, failed = [], [], [], []
-    for path in tqdm(expand_inputs(inputs), desc="predict", disable=not progress):
-        try:
-            image = read_image(path)
-        except ValueError as err:  # DataError: unreadable file; keep going with the others
-            failed.append((str(path), str(err)))
-            continue
-        det = detect_instances(model, image, device=device_t, amp=amp)
-        boxes, labels, scores, masks = det.boxes, det.labels, det.scores, det.masks
-        image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
-        results += coco_results(image_id, boxes, labels, scores, masks, mask_threshold=mask_threshold,
-                                keypoints=det.keypoints, keypoint_scores=det.keypoint_scores)
-        keep = (scores >= score_threshold).cpu().numpy()
-        overlay = draw_instances(image, (masks > mask_threshold).cpu().numpy()[keep], boxes.cpu().numpy()[keep],
-                                 labels.cpu().numpy()[keep], scores.cpu().numpy()[keep], names)
-        if det.keypoints is not None:
-            overlay = draw_keypoints(overlay, det.keypoints.cpu().numpy()[keep], skeleton=skeleton,
-                                     colours=instance_colours(int(keep.sum())))
-        write_image(out / f"{path.stem}_instances.png", overlay)
-        semantic = instances_to_semantic(masks, labels, scores, score_threshold=score_threshold,
-                                         mask_threshold=mask_threshold)
-        write_mask(out / f"{path.stem}_semantic.png", semantic.cpu().numpy())
-        written.append(str(path))
-    categories = [{"id": k, "name": n} for k, n in enumerate(names) if k > 0]
-    if keypoint_set:  # COCO keypoint categories: 1-based skeleton
-        categories = [{**c, "keypoints": list(keypoint_set["names"]),
-                       "skeleton": [[a + 1, b + 1] for a, b in skeleton]} for c in categories]
-    (out / "images.json").write_text(json.dumps({"images": images, "annotations": [], "categories": categories}))
-    (out / "predictions.json").write_text(json.dumps(results))
-    return {"written": written, "failed": failed, "predictions": str(out / "predictions.json"),
-            "images": str(out / "images.json"), "detections": len(results)}
+    env = setup(device if device.startswith("cuda") else "cpu")
+    try:
+        device_t = env.device if env.distributed else torch.device(device)
+        model, config = load_instance_model(checkpoint, device=device_t)
+        names = config.get("data", {}).get("class_names") or [f"class_{i}" for i in range(model.num_classes)]
+        keypoint_set = config.get("data", {}).get("keypoints") or {}
+        skeleton = keypoint_set.get("skeleton", [])
+        out = Path(out)
+        run = ShardedRun(env, out, expand_inputs(inputs), signature(checkpoint, amp=amp, score=score_threshold,
+                                                                      mask=mask_threshold), resume=resume)
+        written, failed, resumed, detections = [], [], [], 0
+        for index, path in tqdm(run.shard, desc="predict", disable=not progress or not env.is_main):
+            files = [out / f"{path.stem}_instances.png", out / f"{path.stem}_semantic.png"]
+            if run.finished(path, files):
+                resumed.append(str(path))
+                continue
+            try:
+                image = read_image(path)
+            except ValueError as err:  # DataError: unreadable file; keep going with the others
+                failed.append((str(path), str(err)))
+                continue
+            det = detect_instances(model, image, device=device_t, amp=amp)
+            boxes, labels, scores, masks = det.boxes, det.labels, det.scores, det.masks
+            results = coco_results(index + 1, boxes, labels, scores, masks, mask_threshold=mask_threshold,
+                                   keypoints=det.keypoints, keypoint_scores=det.keypoint_scores)
+            keep = (scores >= score_threshold).cpu().numpy()
+            overlay = draw_instances(image, (masks > mask_threshold).cpu().numpy()[keep], boxes.cpu().numpy()[keep],
+                                     labels.cpu().numpy()[keep], scores.cpu().numpy()[keep], names)
+            if det.keypoints is not None:
+                overlay = draw_keypoints(overlay, det.keypoints.cpu().numpy()[keep], skeleton=skeleton,
+                                         colours=instance_colours(int(keep.sum())))
+            write_image(files[0], overlay)
+            semantic = instances_to_semantic(masks, labels, scores, score_threshold=score_threshold,
+                                             mask_threshold=mask_threshold)
+            write_mask(files[1], semantic.cpu().numpy())
+            run.record(path, {"image": {"file_name": path.name, "height": image.shape[0], "width": image.shape[1]},
+                              "results": results})
+            detections += len(results)
+            written.append(str(path))
+        barrier(env)
+        if env.is_main:
+            categories = [{"id": k, "name": n} for k, n in enumerate(names) if k > 0]
+            if keypoint_set:  # COCO keypoint categories: 1-based skeleton
+                categories = [{**c, "keypoints": list(keypoint_set["names"]),
+                               "skeleton": [[a + 1, b + 1] for a, b in skeleton]} for c in categories]
+            images, results = [], []
+            for index, _, data in run.records():
+                if data is not None:
+                    images.append({"id": index + 1, **data["image"]})
+                    results += [{**r, "image_id": index + 1} for r in data["results"]]
+            _atomic_write(out / "images.json",
+                          json.dumps({"images": images, "annotations": [], "categories": categories}).encode())
+            _atomic_write(out / "predictions.json", json.dumps(results).encode())
+    finally:
+        cleanup(env)
+    return {"written": written, "failed": failed, "resumed": resumed, "predictions": str(out / "predictions.json"),
+            "images": str(out / "images.json"), "detections": detections}

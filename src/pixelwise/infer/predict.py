@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,13 +31,12 @@ from ..data.folder import IMAGE_SUFFIXES, RAW_IMAGE_SUFFIXES
 from ..data.io import _atomic_write, write_image, write_mask
 from ..data.rle import coco_rle, rle_encode
 from ..errors import ConfigError, DataError
-from ..hub import CONFIG, WEIGHTS, resolve
 from ..train.distributed import DistEnv, barrier, cleanup, setup
+from .shards import ShardedRun, signature
 from .tta import TTA
 
 FORMATS = ("png", "color", "overlay", "coco-rle", "csv-rle")
 COCO_FILE, CSV_FILE = "predictions_coco.json", "predictions_rle.csv"
-STATE_DIR, RUN_FILE = ".pixelwise-predict", "run.json"  # per-image records (resume, merging) and the settings
 PER_IMAGE = {"png": "{}.png", "color": "{}_color.png", "overlay": "{}_overlay.png"}
 
 
@@ -129,62 +126,16 @@ def predict_paths(model_dir: str | Path, inputs: Iterable[str | Path], out_dir: 
         cleanup(env)
 
 
-def _signature(model_dir: str | Path, **settings: Any) -> dict[str, Any]:
-    """What decides an image's prediction: the model's files (hashed) and the settings."""
-    folder = resolve(model_dir)
-    digest = hashlib.sha256()
-    for name in (CONFIG, WEIGHTS):
-        with open(folder / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-    return {"model": digest.hexdigest(), **{k: repr(v) for k, v in sorted(settings.items())}}
-
-
-def _start(state: Path, signature: dict[str, Any], *, resume: bool) -> int:
-    """Keep the records of an earlier run with this signature (when resuming), else clear them;
-    returns how many are kept."""
-    run = state / RUN_FILE
-    old = json.loads(run.read_text()) if run.is_file() else None
-    records = [p for p in state.glob("*.json") if p.name != RUN_FILE] if state.is_dir() else []
-    if resume and old == signature:
-        return len(records)
-    if records:
-        why = "--redo was given" if not resume else "the model or the settings differ from the earlier run"
-        tqdm.write(f"{state.parent}: {why}; predicting every image again")
-    shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True)
-    _atomic_write(run, json.dumps(signature, indent=1).encode())
-    return 0
-
-
-def _record_path(state: Path, path: Path) -> Path:
-    return state / f"{path.name}.json"
-
-
-def _finished(state: Path, out: Path, path: Path, formats: tuple[str, ...]) -> bool:
-    record = _record_path(state, path)
-    if not record.is_file():
-        return False
-    try:
-        data = json.loads(record.read_text())
-    except ValueError:
-        return False
-    return (data.get("source") == str(path) and set(formats) <= set(data.get("formats", ()))
-            and all((out / PER_IMAGE[f].format(path.stem)).is_file() for f in formats if f in PER_IMAGE))
-
-
-def _merge(state: Path, out: Path, paths: list[Path], formats: tuple[str, ...]) -> tuple[list[str], int]:
+def _merge(run: ShardedRun, out: Path, formats: tuple[str, ...]) -> tuple[list[str], int]:
     """Write the run-wide files from the per-image records, in input order; returns
     ``(files written, images without a record)``."""
     coco: list[dict[str, Any]] = []
     rows: list[list[str]] = [["ImageId", "ClassId", "EncodedPixels"]]
     missing = 0
-    for index, path in enumerate(paths):
-        record = _record_path(state, path)
-        if not record.is_file():
+    for index, _, data in run.records():
+        if data is None:
             missing += 1
             continue
-        data = json.loads(record.read_text())
         coco += [{**entry, "image_id": index} for entry in data.get("coco", [])]
         rows += data.get("csv", [])
     files = []
@@ -211,14 +162,8 @@ def _predict(env: DistEnv, model_dir: str | Path, inputs: Iterable[str | Path], 
                           f"the coco-rle and csv-rle outputs hold one class per pixel: use png, color, overlay")
     ignore_index = int(seg.config.get("data", {}).get("ignore_index", 255))
     paths = expand_inputs(inputs, RAW_IMAGE_SUFFIXES if seg.raw else IMAGE_SUFFIXES)
-    state = out / STATE_DIR
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        signature = _signature(model_dir, amp=amp, backend=backend, tile=tile, overlap=overlap, tta=tta, crf=crf)
-        if _start(state, signature, resume=resume) and progress:
-            tqdm.write(f"{out}: resuming; images finished by the earlier run with this model and settings are kept")
-    barrier(env)  # the records are settled before any rank reads them
-    shard = list(enumerate(paths))[env.rank::env.world_size]
+    run = ShardedRun(env, out, paths, signature(model_dir, amp=amp, backend=backend, tile=tile, overlap=overlap,
+                                                tta=tta, crf=crf), resume=resume, progress=progress)
     written: list[str] = []
     resumed: list[str] = []
     failed: list[tuple[str, str]] = []
@@ -226,9 +171,10 @@ def _predict(env: DistEnv, model_dir: str | Path, inputs: Iterable[str | Path], 
     files: list[str] = []
     with contextlib.ExitStack() as stack:
         if summary and not env.distributed:  # on every exit, an interrupt included: finished images are kept
-            stack.callback(lambda: files.extend(_merge(state, out, paths, formats)[0]))
-        for index, path in tqdm(shard, desc="predict", disable=not progress or not env.is_main):
-            if resume and _finished(state, out, path, formats):
+            stack.callback(lambda: files.extend(_merge(run, out, formats)[0]))
+        for index, path in tqdm(run.shard, desc="predict", disable=not progress or not env.is_main):
+            per_image = [out / PER_IMAGE[f].format(path.stem) for f in formats if f in PER_IMAGE]
+            if run.finished(path, per_image, formats):
                 resumed.append(path.stem)
                 continue
             try:
@@ -245,19 +191,19 @@ def _predict(env: DistEnv, model_dir: str | Path, inputs: Iterable[str | Path], 
                 write_image(out / PER_IMAGE["color"].format(path.stem), result.colorize())
             if "overlay" in formats:
                 write_image(out / PER_IMAGE["overlay"].format(path.stem), result.overlay(seg.display(image)))
-            record = {"source": str(path), "formats": list(formats), "coco": [], "csv": []}
+            record = {"formats": list(formats), "coco": [], "csv": []}
             if "coco-rle" in formats:
                 record["coco"] = coco_rle_entries(result.labels, result.probs, image_id=index, file_name=path.name,
                                                   class_names=seg.class_names, ignore_index=ignore_index)
             if "csv-rle" in formats:
                 record["csv"] = csv_rle_rows(result.labels, image_name=path.name, num_classes=len(seg.class_names),
                                              ignore_index=ignore_index)
-            _atomic_write(_record_path(state, path), json.dumps(record).encode())  # last: the image is finished
+            run.record(path, record)  # last: the image is finished
             written.append(path.stem)
     if env.distributed:
         barrier(env)
         if env.is_main and summary:
-            files, missing = _merge(state, out, paths, formats)
+            files, missing = _merge(run, out, formats)
             if missing:
                 tqdm.write(f"{missing} of {len(paths)} images have no prediction in {out} (unreadable, or the "
                            f"folder is not shared by every node); their lines are missing from {', '.join(files)}")
