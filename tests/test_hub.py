@@ -3,7 +3,6 @@ self-contained loading (no weight source read, no network)."""
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -62,21 +61,6 @@ def test_not_a_model_folder(tmp_path):
 
 
 # --- self-contained folders ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every socket connection fails, as on a machine without a network."""
-    attempts = []
-    monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks online for a newer version on import
-
-    def refuse(self, address, *args, **kwargs):
-        attempts.append(address)
-        raise OSError(f"network blocked in this test (connect to {address!r})")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return attempts
 
 
 def _resnet18_file(tmp_path):

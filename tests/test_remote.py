@@ -6,7 +6,6 @@ reaches the network."""
 
 import json
 import shutil
-import socket
 import sys
 from types import SimpleNamespace
 
@@ -26,7 +25,7 @@ SHA2 = "89abcdef0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
+def hub_cache(tmp_path, monkeypatch, no_network):
     """An empty Hub cache named by HF_HUB_CACHE, and every socket connection refused."""
     cache = tmp_path / "hf-cache"
     cache.mkdir()
@@ -34,15 +33,7 @@ def hub_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.delenv("PIXELWISE_HUB_REFRESH", raising=False)
-    attempts = []
-
-    def refuse(self, address, *args, **kwargs):
-        attempts.append(address)
-        raise OSError(f"network blocked in this test (connect to {address!r})")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return SimpleNamespace(path=cache, attempts=attempts)
+    return SimpleNamespace(path=cache, attempts=no_network)
 
 
 def put_in_cache(cache, repo_id, folder, *, sha=SHA, subfolder="", branch="main"):
