@@ -73,3 +73,30 @@ def test_instance_predictor_from_the_model_and_from_its_folder_agree(tmp_path):
     save_model(semantic.build_model(), tmp_path / "s", semantic.model_meta())
     with pytest.raises(ConfigError, match="not an instance model.*pixelwise.load"):
         task.predictor(tmp_path / "s")
+
+
+def test_every_task_has_an_exporter_that_writes_a_checked_onnx_file(tmp_path):
+    """Task.exporter: the semantic task's is export_onnx, the instance task's export_instance_onnx, each
+    run here on the task's own model (both check ONNX Runtime against PyTorch as they write)."""
+    import pixelwise.export  # noqa: F401 - registers the exporters
+    from pixelwise.export.instance import export_instance_onnx
+    from pixelwise.export.onnx import export_onnx
+    from pixelwise.registry import EXPORTERS
+    from pixelwise.tasks.base import build_exporter
+
+    assert set(TASKS) <= set(EXPORTERS)
+    semantic = build_task(config.from_dict({"model": {"name": "unet", "args": {"base_channels": 4, "depth": 2}},
+                                            "data": {"num_classes": 3, "crop_size": 32}}))
+    assert semantic.exporter() is export_onnx
+    report = semantic.exporter()(semantic.build_model().eval(), tmp_path / "s.onnx", height=32, width=40,
+                                 verbose=False)
+    assert report.dynamic and report.agreement == 1.0
+    instance = build_task(config.from_dict({"model": {"name": "maskrcnn", "encoder": "test_resnet",
+                                                      "args": TINY_MASKRCNN},
+                                            "data": {"dataset": "synthetic_instances", "num_classes": 5,
+                                                     "crop_size": 64}}))
+    assert instance.exporter() is export_instance_onnx
+    result = instance.exporter()(instance.build_model().eval(), tmp_path / "i.onnx", height=64, width=64)
+    assert (tmp_path / "i.onnx").is_file() and result["max_abs_diff"] < 1e-3
+    with pytest.raises(ConfigError, match="no exporter is registered for task 'panoptic'"):
+        build_exporter("panoptic")

@@ -19,6 +19,9 @@ BOUNDARY_LOSSES: dict[str, Callable] = {}
 # The inference object of each task (pixelwise.infer), what Task.predictor returns: task name ->
 # class with from_pretrained(folder, **options) and from_model(model, meta, **options).
 PREDICTORS: dict[str, Callable] = {}
+# The ONNX exporter of each task (pixelwise.export), what Task.exporter returns: task name ->
+# ``fn(model, path, *, height, width, ...)``; filled when pixelwise.export is imported.
+EXPORTERS: dict[str, Callable] = {}
 # Inference backends other than PyTorch: name -> (model, model folder) -> ModelFn (pixelwise.export).
 BACKENDS: dict[str, Callable] = {}
 

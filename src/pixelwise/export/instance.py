@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..optional import require
+from ..registry import EXPORTERS, register
 
 __all__ = ["InstanceInference", "export_instance_onnx"]
 
@@ -42,6 +43,7 @@ class InstanceInference(nn.Module):
         return out["boxes"], out["labels"], out["scores"], out["masks"]
 
 
+@register(EXPORTERS, "instance")
 def export_instance_onnx(model: nn.Module, path: str | Path, *, height: int, width: int, opset: int = 17,
                          check: bool = True, atol: float = 1e-3, seed: int = 0) -> dict:
     """Export ``model`` (eval mode) to ONNX for ``(3, height, width)`` images; optionally check parity.

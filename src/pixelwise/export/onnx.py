@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, PixelwiseError
 from ..optional import require
-from ..registry import BACKENDS, register
+from ..registry import BACKENDS, EXPORTERS, register
 from .backends import OnnxRuntimeModel
 
 __all__ = ["ExportReport", "OnnxRuntimeModel", "ParityCheck", "SegmentationPipeline", "StridePadded",
@@ -411,6 +411,9 @@ def ensure_onnx(model: nn.Module, folder: str | Path) -> Path:
         # export_onnx checks ONNX Runtime against PyTorch at the trace size; 256 keeps that quick.
         export_onnx(model.cpu().eval(), path, height=256, width=256, verbose=False)
     return path
+
+
+register(EXPORTERS, "semantic")(export_onnx)
 
 
 @register(BACKENDS, "onnxruntime")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from ..registry import PREDICTORS
+from ..registry import EXPORTERS, PREDICTORS
 
 
 @dataclass
@@ -105,6 +105,19 @@ class Task(Protocol):
         """The inference object of this task for a saved model folder, or for a model in memory
         (built by :meth:`build_model`, e.g. just trained) described by :meth:`model_meta`;
         ``options`` (``device``, ``amp``, ...) go to it. See :func:`build_predictor`."""
+
+    def exporter(self) -> Callable[..., Any]:
+        """This task's ONNX export function (see :func:`build_exporter`)."""
+
+
+def build_exporter(task: str) -> Callable[..., Any]:
+    """``registry.EXPORTERS[task]``: the function that writes this task's ONNX file,
+    ``fn(model, path, *, height, width, ...)``, checked against PyTorch as it writes."""
+    if task not in EXPORTERS:
+        raise ConfigError(f"no exporter is registered for task {task!r} (registered: "
+                          f"{', '.join(sorted(EXPORTERS)) or 'none'}); `import pixelwise.export` registers the "
+                          f"built-in ones")
+    return EXPORTERS[task]
 
 
 def build_predictor(task: str, source: str | os.PathLike | nn.Module, meta: Callable[[], dict[str, Any]],

@@ -29,7 +29,7 @@ from ..metrics.coco import KEYPOINT_STATS, STATS, coco_evaluate, coco_ground_tru
 from ..models.maskrcnn import create_instance_model
 from ..registry import DATASETS, INSTANCE_MODELS, TASKS, lookup, register
 from ..runtime import autocast
-from .base import Evaluation, StepOutput, build_predictor
+from .base import Evaluation, StepOutput, build_exporter, build_predictor
 from .semantic import model_kwargs
 
 __all__ = [
@@ -225,6 +225,10 @@ class InstanceTask:
         losses = {k: v.float() for k, v in losses.items()}
         terms = {k.removeprefix("loss_"): float(v.detach()) for k, v in losses.items()}
         return StepOutput(loss=sum(losses.values()), terms=terms, images=len(images))
+
+    def exporter(self) -> Any:
+        """:func:`pixelwise.export.export_instance_onnx`: (one image size, parity-checked)."""
+        return build_exporter(self.name)
 
     def predictor(self, source: Any, **options: Any) -> Any:
         """An :class:`~pixelwise.infer.instance_predictor.InstancePredictor` for a model folder or a

@@ -35,7 +35,7 @@ from ..models import SegmentationOutput, create_model
 from ..postprocess.decision import bits_to_multilabel, labels_from_logits
 from ..registry import BOUNDARY_LOSSES, TASKS, lookup, register
 from ..runtime import autocast
-from .base import Evaluation, StepOutput, build_predictor
+from .base import Evaluation, StepOutput, build_exporter, build_predictor
 
 
 @register(BOUNDARY_LOSSES, "gscnn")
@@ -267,6 +267,10 @@ class SemanticTask:
         """One name per scored class (binary: background and the one named class)."""
         names = class_names(self.cfg.data)
         return ["background", *names] if self.mode == "binary" and len(names) == 1 else names
+
+    def exporter(self) -> Any:
+        """:func:`pixelwise.export.export_onnx`: (dynamic sizes, parity-checked)."""
+        return build_exporter(self.name)
 
     def predictor(self, source: Any, **options: Any) -> Any:
         """A :class:`~pixelwise.infer.segmenter.Segmenter` for a model folder or a model of this
