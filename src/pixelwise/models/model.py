@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.experimental.symbolic_shapes import statically_known_true
@@ -80,7 +81,18 @@ def _resize_crop(y: Tensor, padded_size, h: int, w: int, align_corners: bool = F
     # Resize to the padded size, not the input size, so the crop stays pixel-aligned. Asked as
     # "provably equal?" so that torch.export, which cannot always decide a symbolic comparison
     # (SegFormer's 1/4-size head), resizes rather than specialising the graph to one input size.
-    same = statically_known_true(y.shape[-2] == padded_size[0]) and statically_known_true(y.shape[-1] == padded_size[1])
-    if not same:
+    if not (_provably_equal(y.shape[-2], padded_size[0]) and _provably_equal(y.shape[-1], padded_size[1])):
         y = F.interpolate(y, size=tuple(padded_size), mode="bilinear", align_corners=align_corners)
     return y[..., :h, :w]
+
+
+def _provably_equal(a, b) -> bool:
+    """``a == b`` for sizes: ints compare, torch.export's symbolic sizes must be provably equal (an
+    undecidable comparison is "no", so the graph resizes instead of specialising), and
+    torch.jit.trace's traced sizes are fixed at the traced size."""
+    same = a == b
+    if isinstance(same, bool):
+        return same
+    if isinstance(same, torch.SymBool):
+        return statically_known_true(same)
+    return bool(same)
