@@ -163,8 +163,8 @@ def cmd_pq(args: argparse.Namespace) -> int:
     if args.per_class:
         for c, r in result["per_class"].items():
             if r["tp"] + r["fp"] + r["fn"]:
-                print(f"  {r['name'][:20]:20s} PQ {100 * r['pq']:6.2f}  SQ {100 * r['sq']:6.2f}  RQ {100 * r['rq']:6.2f}"
-                      f"  TP {r['tp']} FP {r['fp']} FN {r['fn']}")
+                print(f"  {r['name'][:20]:20s} PQ {100 * r['pq']:6.2f}  SQ {100 * r['sq']:6.2f}  "
+                      f"RQ {100 * r['rq']:6.2f}  TP {r['tp']} FP {r['fp']} FN {r['fn']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
         print(f"JSON: {args.json}")
